@@ -1,0 +1,3 @@
+from aisdl.cli.main import main
+
+main()

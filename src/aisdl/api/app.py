@@ -1,0 +1,49 @@
+"""The node's web app: wiring of resources (cleanup contexts) and routes."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+
+from aisdl.api import buckets, cluster, download, keys, objects
+from aisdl.api.middleware import ais_errors
+from aisdl.config import NodeConfig
+from aisdl.db import Database
+from aisdl.jobs.manager import JobManager
+from aisdl.store.store import Store
+
+
+def create_app(config: NodeConfig) -> web.Application:
+    app = web.Application(middlewares=[ais_errors], client_max_size=1024**4)
+    app[keys.CONFIG] = config
+    app[keys.NODE_ID] = _node_id(config)
+    app.cleanup_ctx.append(_resources)
+    for module in (cluster, buckets, objects, download):
+        module.setup(app)
+    return app
+
+
+def _node_id(config: NodeConfig) -> str:
+    """A stable id per home directory, AIS style (letters and digits)."""
+    config.home.mkdir(parents=True, exist_ok=True)
+    path = config.home / "node_id"
+    if not path.exists():
+        path.write_text(secrets.token_hex(4))
+    return path.read_text().strip()
+
+
+async def _resources(app: web.Application) -> AsyncIterator[None]:
+    config = app[keys.CONFIG]
+    db = Database(config.db_path)
+    store = Store(db, list(config.data_dirs), app[keys.NODE_ID])
+    jobs = JobManager(config, db, store)
+    app[keys.DB], app[keys.STORE], app[keys.JOBS] = db, store, jobs
+    await jobs.start()  # cleans leftover work files and resumes unfinished jobs
+    try:
+        yield
+    finally:
+        await jobs.close()
+        await asyncio.get_running_loop().run_in_executor(None, db.close)

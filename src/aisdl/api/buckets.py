@@ -1,0 +1,222 @@
+"""`/v1/buckets`: list, create, destroy, HEAD (props), PATCH (set/reset props), list objects.
+
+Wire formats follow AIStore (spec/ais-rest-api.md sections 5 and 7) so the official SDK and the
+Go CLI work unchanged: list pages are msgpack when asked for, with a non-empty UUID.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+from typing import Any
+
+import msgspec
+from aiohttp import web
+
+from aisdl.api.keys import NODE_ID, STORE
+from aisdl.errors import BadRequest
+from aisdl.models import Bucket, ObjectAttrs, normalize_provider
+
+MAX_PAGE_SIZE = 10000  # AIS's page size for ais buckets, also the default
+FLAG_CACHED, FLAG_NAME_ONLY, FLAG_NAME_SIZE, FLAG_NOT_CACHED = 1, 1 << 4, 1 << 5, 1 << 9
+ENTRY_PRESENT = 64  # entry flag: a copy is stored here (SDK `is_cached()`)
+LIST_PROPS = frozenset((
+    "name", "size", "version", "checksum", "atime", "cached", "status", "copies", "ec",
+    "custom", "location", "chunked", "last-modified", "etag",
+))
+
+
+def setup(app: web.Application) -> None:
+    r = app.router
+    for path in ("/v1/buckets", "/v1/buckets/"):
+        r.add_route("GET", path, list_buckets)
+    r.add_route("GET", "/v1/buckets/{bucket}", get_bucket)
+    r.add_route("POST", "/v1/buckets/{bucket}", post_bucket)
+    r.add_route("DELETE", "/v1/buckets/{bucket}", delete_bucket)
+    r.add_route("HEAD", "/v1/buckets/{bucket}", head_bucket)
+    r.add_route("PATCH", "/v1/buckets/{bucket}", patch_bucket)
+
+
+# -- request helpers (also used by api/objects.py) -------------------------------------------------
+def request_bucket(request: web.Request) -> Bucket:
+    """The bucket a request names: path segment + `provider` query (missing/empty = ais)."""
+    return Bucket.of(request.match_info["bucket"], request.query.get("provider") or "ais")
+
+
+async def read_action(request: web.Request) -> dict[str, Any] | None:
+    """The action message `{"action", "name", "value"}` of a request, None when it has no body."""
+    body = await request.read()
+    if not body.strip():
+        return None
+    msg = json.loads(body)
+    if not isinstance(msg, dict):
+        raise BadRequest("request body must be a JSON object (an action message)")
+    return msg
+
+
+def _action(msg: dict[str, Any] | None) -> str:
+    return str(msg.get("action") or "") if msg else ""
+
+
+def unknown_action(msg: dict[str, Any] | None, request: web.Request) -> BadRequest:
+    return BadRequest(f"invalid action {_action(msg)!r} for {request.method} {request.path}")
+
+
+# -- bucket handlers -----------------------------------------------------------------------------
+async def list_buckets(request: web.Request) -> web.Response:
+    msg = await read_action(request)
+    if msg is not None and _action(msg) != "list":
+        raise unknown_action(msg, request)
+    return await _buckets_response(request, name="")
+
+
+async def _buckets_response(request: web.Request, name: str) -> web.Response:
+    """The buckets of the `provider` query (empty = all), sorted; `[]` when none."""
+    provider = request.query.get("provider") or ""
+    found = await request.app[STORE].list_buckets(normalize_provider(provider) if provider else "")
+    return web.json_response([b.to_json() for b in found if not name or b.name == name])
+
+
+async def get_bucket(request: web.Request) -> web.Response:
+    """`value: null` lists buckets named so (Go api.ListBuckets); otherwise list objects."""
+    msg = await read_action(request)
+    if msg is not None and _action(msg) != "list":
+        raise unknown_action(msg, request)
+    if msg is None or msg.get("value") is None:
+        request_bucket(request)  # still validate the name
+        return await _buckets_response(request, name=request.match_info["bucket"])
+    lso = msg["value"]
+    if not isinstance(lso, dict):
+        raise BadRequest("list objects: 'value' must be a JSON object (LsoMsg)")
+    return await _list_objects(request, request_bucket(request), lso)
+
+
+async def post_bucket(request: web.Request) -> web.Response:
+    bck, msg = request_bucket(request), await read_action(request)
+    if _action(msg) != "create-bck":
+        raise unknown_action(msg, request)
+    value = msg.get("value") if msg else None
+    await request.app[STORE].create_bucket(bck, value if isinstance(value, dict) else None)
+    return web.Response()
+
+
+async def delete_bucket(request: web.Request) -> web.Response:
+    bck, msg = request_bucket(request), await read_action(request)
+    if msg is not None and _action(msg) != "destroy-bck":
+        raise unknown_action(msg, request)
+    await request.app[STORE].destroy_bucket(bck)
+    return web.Response()
+
+
+async def head_bucket(request: web.Request) -> web.Response:
+    props = await request.app[STORE].bucket_props(request_bucket(request))
+    return web.Response(headers={"Ais-Bucket-Props": json.dumps(props, separators=(",", ":"))})
+
+
+async def patch_bucket(request: web.Request) -> web.Response:
+    bck, msg = request_bucket(request), await read_action(request)
+    store = request.app[STORE]
+    if _action(msg) == "set-bprops":
+        value = msg.get("value") if msg else None
+        if not isinstance(value, dict):
+            raise BadRequest("set-bprops: 'value' must be a JSON object of bucket props")
+        await store.set_bucket_props(bck, value)
+    elif _action(msg) == "reset-bprops":
+        await store.reset_bucket_props(bck)
+    else:
+        raise unknown_action(msg, request)
+    return web.Response()
+
+
+# -- list objects --------------------------------------------------------------------------------
+async def _list_objects(request: web.Request, bck: Bucket, lso: dict[str, Any]) -> web.Response:
+    store = request.app[STORE]
+    store.require_bucket(bck)
+    flags = _uint(lso.get("flags"), "flags")
+    if flags & FLAG_NOT_CACHED:
+        raise BadRequest(f"listing {bck.cname}: 'not-cached' is not supported for this bucket")
+    page_size = _uint(lso.get("pagesize"), "pagesize")
+    page_size = MAX_PAGE_SIZE if page_size == 0 else min(page_size, MAX_PAGE_SIZE)
+    props = _list_props(str(lso.get("props") or ""), flags)
+    uuid = str(lso.get("uuid") or "") or secrets.token_urlsafe(8)  # never empty: see 7.5
+    after = max(str(lso.get("continuation_token") or ""), str(lso.get("start_after") or ""))
+    objs = await store.list_objects(bck, str(lso.get("prefix") or ""), after, page_size)
+    token = objs[-1].name if len(objs) >= page_size else ""
+    node = f"t[{request.app[NODE_ID]}]"
+
+    def location(o: ObjectAttrs) -> str:
+        return f"{node}:{store.mountpath(bck, o.name)}"
+
+    if "application/msgpack" in request.headers.get("Accept", ""):
+        page = {"UUID": uuid, "ContinuationToken": token, "Flags": 0,
+                "Entries": [_msgpack_entry(o, props, location) for o in objs]}
+        return web.Response(body=msgspec.msgpack.encode(page),
+                            headers={"Content-Type": "application/msgpack"})
+    return web.json_response({"uuid": uuid, "continuation_token": token, "flags": 0,
+                              "entries": [_json_entry(o, props, location) for o in objs]})
+
+
+def _uint(value: Any, what: str) -> int:
+    """An unsigned int that clients send as a JSON string (`flags`) or a number."""
+    try:
+        n = int(value or 0)
+    except (TypeError, ValueError):
+        raise BadRequest(f"list objects: invalid {what} {value!r}") from None
+    if n < 0:
+        raise BadRequest(f"list objects: invalid {what} {value!r}")
+    return n
+
+
+def _list_props(text: str, flags: int) -> frozenset[str]:
+    """The entry fields to fill; AIS's defaults for an empty `props`."""
+    if flags & FLAG_NAME_ONLY:
+        return frozenset(("name",))
+    if flags & FLAG_NAME_SIZE:
+        return frozenset(("name", "size"))
+    items = frozenset(p.strip() for p in text.split(",") if p.strip())
+    if not items:
+        if flags & FLAG_CACHED:
+            return frozenset(("name", "size", "checksum", "atime"))
+        return frozenset(("name", "size", "cached"))
+    bad = sorted(items - LIST_PROPS)
+    if bad:
+        raise BadRequest(f"list objects: invalid property {bad[0]!r}"
+                         f" (expected some of {', '.join(sorted(LIST_PROPS))})")
+    return items
+
+
+def _msgpack_entry(o: ObjectAttrs, props: frozenset[str], location: Any) -> dict[str, Any]:
+    e: dict[str, Any] = {"n": o.name}
+    if "size" in props and o.size:
+        e["s"] = o.size
+    if "checksum" in props and o.cksum:
+        e["cs"] = o.cksum
+    if "atime" in props and o.atime_ns:
+        e["a"] = _rfc822(o.atime_ns)
+    if "version" in props and o.version:
+        e["v"] = o.version
+    if "location" in props:
+        e["t"] = location(o)
+    if "custom" in props and o.custom:
+        e["m"] = "[" + " ".join(f"{k}:{v}" for k, v in sorted(o.custom.items())) + "]"
+    if "copies" in props:
+        e["c"] = 1
+    e["f"] = ENTRY_PRESENT
+    return e
+
+
+def _json_entry(o: ObjectAttrs, props: frozenset[str], location: Any) -> dict[str, Any]:
+    """AIS's JSON entry form; Go encodes `size` as a string."""
+    short = _msgpack_entry(o, props, location)
+    names = {"n": "name", "cs": "checksum", "a": "atime", "v": "version", "t": "location",
+             "m": "custom-md", "c": "copies", "f": "flags"}
+    out: dict[str, Any] = {names[k]: v for k, v in short.items() if k != "s"}
+    if "s" in short:
+        out["size"] = str(short["s"])
+    return out
+
+
+def _rfc822(ns: int) -> str:
+    """Go's RFC822 layout (`02 Jan 06 15:04 MST`), the AIS default for list atimes."""
+    return time.strftime("%d %b %y %H:%M UTC", time.gmtime(ns / 1e9))

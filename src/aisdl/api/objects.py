@@ -1,0 +1,247 @@
+"""`/v1/objects/<bucket>/<name>`: PUT, GET (ranges), HEAD (v1 and v2), DELETE, PATCH custom.
+
+The object name is the rest of the path after the bucket, decoded exactly once by the router
+(`%2B` → `+`, a literal `+` stays `+`, `%2F` → `/`), then validated.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import os
+from collections.abc import AsyncIterator
+from typing import IO, Any
+
+import aiohttp
+from aiohttp import web
+from multidict import CIMultiDict
+
+from aisdl.api.buckets import read_action, request_bucket, unknown_action
+from aisdl.api.keys import NODE_ID, STORE
+from aisdl.api.middleware import error_response
+from aisdl.errors import BadRequest
+from aisdl.models import Bucket, ObjectAttrs
+from aisdl.store.paths import check_object_name
+from aisdl.store.store import Store
+
+READ_CHUNK = 1 << 20
+HEAD_V2_PROPS = frozenset((
+    "name", "size", "checksum", "atime", "version", "custom", "location", "copies", "ec",
+    "chunked", "last-modified", "etag",
+))
+
+
+def setup(app: web.Application) -> None:
+    path = "/v1/objects/{bucket}/{name:.*}"
+    r = app.router
+    r.add_route("PUT", path, put_object)
+    r.add_route("GET", path, get_object)
+    r.add_route("HEAD", path, head_object)
+    r.add_route("DELETE", path, delete_object)
+    r.add_route("PATCH", path, patch_object)
+
+
+def _target(request: web.Request) -> tuple[Store, Bucket, str]:
+    bck = request_bucket(request)
+    return request.app[STORE], bck, check_object_name(request.match_info["name"])
+
+
+async def _attrs_or_404(store: Store, bck: Bucket, name: str) -> ObjectAttrs:
+    attrs = await store.lookup(bck, name)
+    if attrs is None:
+        raise store.object_not_found(bck, name)
+    return attrs
+
+
+# -- PUT -----------------------------------------------------------------------------------------
+async def put_object(request: web.Request) -> web.Response:
+    store, bck, name = _target(request)
+    store.require_bucket(bck)  # fail before reading a body that has nowhere to go
+    hdrs = request.headers
+    cksum = None
+    if hdrs.get("Ais-Checksum-Type"):
+        cksum = (hdrs["Ais-Checksum-Type"], hdrs.get("Ais-Checksum-Value", ""))
+    custom = parse_custom_md(hdrs.getall("Ais-Custom-Md", []))
+    attrs = await store.put_object(bck, name, _body(request), custom=custom,
+                                   expected_size=request.content_length, cksum=cksum)
+    return web.Response(headers=_base_headers(attrs))
+
+
+async def _body(request: web.Request) -> AsyncIterator[bytes]:
+    """The request body; a body cut short by the client becomes a 400, so nothing commits."""
+    try:
+        async for chunk in request.content.iter_any():
+            yield chunk
+    except (aiohttp.ClientPayloadError, ConnectionError, asyncio.IncompleteReadError) as exc:
+        raise BadRequest(f"request body ended early: {exc}") from exc
+
+
+def parse_custom_md(values: list[str]) -> dict[str, str]:
+    """`Ais-Custom-Md: k=v` headers (repeatable; a client may also join them with `, `)."""
+    out: dict[str, str] = {}
+    for value in values:
+        for item in value.split(","):
+            key, sep, val = item.strip().partition("=")
+            if not key or not sep:
+                raise BadRequest(f"invalid Ais-Custom-Md entry {item.strip()!r} (expected k=v)")
+            out[key] = val
+    return out
+
+
+# -- GET -----------------------------------------------------------------------------------------
+async def get_object(request: web.Request) -> web.StreamResponse:
+    store, bck, name = _target(request)
+    attrs = await _attrs_or_404(store, bck, name)
+    loop = asyncio.get_running_loop()
+    try:
+        f = await loop.run_in_executor(None, open, store.object_path(bck, name), "rb")
+    except FileNotFoundError:
+        raise store.object_not_found(bck, name) from None  # deleted since the lookup
+    try:
+        size = (await loop.run_in_executor(None, os.fstat, f.fileno())).st_size
+        return await _send_file(request, f, size, attrs)
+    finally:
+        await loop.run_in_executor(None, f.close)
+
+
+async def _send_file(request: web.Request, f: IO[bytes], size: int,
+                     attrs: ObjectAttrs) -> web.StreamResponse:
+    headers = _base_headers(attrs)
+    headers["Content-Type"] = "application/octet-stream"
+    headers["Accept-Ranges"] = "bytes"
+    status, start, end = 200, 0, size - 1
+    range_header = request.headers.get("Range")
+    if range_header:
+        parsed = parse_range(range_header, size)
+        if parsed is None:
+            return _not_satisfiable(request, range_header, size)
+        status, (start, end) = 206, parsed
+        headers["Content-Range"] = f"bytes {start}-{end}/{size}"
+    resp = web.StreamResponse(status=status, headers=headers)
+    resp.content_length = end - start + 1
+    await resp.prepare(request)
+    loop = asyncio.get_running_loop()
+    await loop.run_in_executor(None, f.seek, start)
+    left = end - start + 1
+    while left > 0:
+        data = await loop.run_in_executor(None, f.read, min(READ_CHUNK, left))
+        if not data:
+            break  # the file shrank under us: the client sees a short body, not garbage
+        await resp.write(data)
+        left -= len(data)
+    await resp.write_eof()
+    return resp
+
+
+def _not_satisfiable(request: web.Request, range_header: str, size: int) -> web.Response:
+    resp = error_response(request, 416, f"invalid range {range_header!r} for an object of"
+                          f" {size} bytes (one satisfiable range is supported)")
+    resp.headers["Content-Range"] = f"bytes */{size}"
+    return resp
+
+
+def parse_range(header: str, size: int) -> tuple[int, int] | None:
+    """One `bytes=a-b` / `a-` / `-n` range → (first, last) inclusive; None if unsatisfiable,
+    malformed or multiple."""
+    unit, _, spec = header.partition("=")
+    if unit.strip().lower() != "bytes" or "," in spec:
+        return None
+    first, sep, last = spec.strip().partition("-")
+    if not sep or not (first + last).isdigit() or not (first.isdigit() or last.isdigit()):
+        return None
+    if not first:  # suffix: the last n bytes
+        n = int(last)
+        return (max(size - n, 0), size - 1) if n > 0 and size > 0 else None
+    start = int(first)
+    end = min(int(last), size - 1) if last else size - 1
+    return (start, end) if start < size and start <= end else None
+
+
+# -- HEAD ----------------------------------------------------------------------------------------
+async def head_object(request: web.Request) -> web.Response:
+    store, bck, name = _target(request)
+    attrs = await _attrs_or_404(store, bck, name)
+    location = f"t[{request.app[NODE_ID]}]:{store.mountpath(bck, name)}"
+    if "props" in request.query:
+        headers = _head_v2(request.query["props"], attrs, location)
+    else:
+        headers = _base_headers(attrs)
+        headers.update({
+            "Ais-Bucket-Name": bck.name, "Ais-Bucket-Provider": bck.provider, "Ais-Name": name,
+            "Ais-Location": location, "Ais-Mirror-Copies": "1",
+            "Ais-Mirror-Paths": str(store.mountpath(bck, name)), "Ais-Present": "true",
+        })
+    headers["Content-Length"] = str(attrs.size)
+    return web.Response(headers=headers)
+
+
+def _head_v2(text: str, attrs: ObjectAttrs, location: str) -> CIMultiDict[str]:
+    """HEAD v2: only the asked-for items, plus `Content-Length` and `Ais-Present` always."""
+    items = [p.strip() for p in text.split(",") if p.strip()]
+    bad = [p for p in items if p not in HEAD_V2_PROPS]
+    if bad:
+        raise BadRequest(f"invalid property {bad[0]!r} in props={text!r}")
+    base = _base_headers(attrs)
+    h: CIMultiDict[str] = CIMultiDict({"Ais-Present": "true"})
+    for item in items:
+        if item == "checksum":
+            h["Ais-Checksum-Type"], h["Ais-Checksum-Value"] = attrs.cksum_type, attrs.cksum
+        elif item in ("atime", "version") and f"Ais-{item.capitalize()}" in base:
+            h[f"Ais-{item.capitalize()}"] = base[f"Ais-{item.capitalize()}"]
+        elif item == "custom":
+            for v in base.getall("Ais-Custom-Md", []):
+                h.add("Ais-Custom-Md", v)
+        elif item == "location":
+            h["Ais-Location"] = location
+        elif item == "copies":
+            h["Ais-Mirror-Copies"], h["Ais-Mirror-Paths"] = "1", location.split(":", 1)[1]
+        elif item == "last-modified":
+            h["Last-Modified"] = email.utils.formatdate(attrs.atime_ns / 1e9, usegmt=True)
+        elif item == "etag":
+            h["ETag"] = '"' + (attrs.custom.get("ETag") or attrs.cksum).strip('"') + '"'
+    return h
+
+
+def _base_headers(attrs: ObjectAttrs) -> CIMultiDict[str]:
+    """What PUT, GET and HEAD v1 share: checksum, atime (ns), version, custom metadata."""
+    h: CIMultiDict[str] = CIMultiDict()
+    if attrs.cksum:
+        h["Ais-Checksum-Type"], h["Ais-Checksum-Value"] = attrs.cksum_type, attrs.cksum
+    h["Ais-Atime"] = str(attrs.atime_ns)
+    if attrs.version:
+        h["Ais-Version"] = attrs.version
+    for key, value in attrs.custom.items():
+        h.add("Ais-Custom-Md", f"{key}={value}")
+    if attrs.custom.get("ETag"):
+        h["ETag"] = attrs.custom["ETag"]
+    return h
+
+
+# -- DELETE, PATCH -------------------------------------------------------------------------------
+async def delete_object(request: web.Request) -> web.Response:
+    store, bck, name = _target(request)
+    msg = await read_action(request)
+    if msg is not None and _action_of(msg) not in ("", "delete"):
+        raise unknown_action(msg, request)
+    await store.delete_object(bck, name)
+    return web.Response()
+
+
+async def patch_object(request: web.Request) -> web.Response:
+    """Custom metadata: merge, or replace with `set-new-custom=true`."""
+    store, bck, name = _target(request)
+    msg = await read_action(request)
+    if msg is None or _action_of(msg) != "":
+        raise unknown_action(msg, request)
+    value = msg.get("value")
+    if not isinstance(value, dict):
+        raise BadRequest("custom metadata: 'value' must be a JSON object of strings")
+    custom = {str(k): v if isinstance(v, str) else str(v) for k, v in value.items()}
+    replace = request.query.get("set-new-custom", "").lower() == "true"
+    await store.update_custom(bck, name, custom, replace)
+    return web.Response()
+
+
+def _action_of(msg: dict[str, Any]) -> str:
+    return str(msg.get("action") or "")
+

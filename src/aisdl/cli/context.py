@@ -1,0 +1,25 @@
+"""What every command shares: the endpoint and a client that makes sure a node is running."""
+
+from __future__ import annotations
+
+import os
+
+from aisdl.client import Client
+
+DEFAULT_ENDPOINT = "http://127.0.0.1:8080"
+
+
+class CliContext:
+    def __init__(self) -> None:
+        self.endpoint = os.environ.get("AIS_ENDPOINT", DEFAULT_ENDPOINT).rstrip("/")
+        self._client: Client | None = None
+
+    @property
+    def client(self) -> Client:
+        """A client of a live node; starts a background node when none answers at the default."""
+        if self._client is None:
+            from aisdl.cli.autostart import ensure_node
+
+            ensure_node(self.endpoint)
+            self._client = Client(self.endpoint)
+        return self._client

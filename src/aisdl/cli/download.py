@@ -1,0 +1,270 @@
+"""`ais start download`, `ais show job download`, `ais wait`, `ais stop`, `ais job rm download`."""
+
+from __future__ import annotations
+
+import json
+import posixpath
+import time
+from typing import Any
+
+import click
+
+from aisdl.cli import jobview
+from aisdl.cli.context import CliContext
+from aisdl.cli.params import (
+    DURATION,
+    SIZE,
+    Dest,
+    Source,
+    parse_dest,
+    parse_source,
+    read_object_list,
+)
+from aisdl.cli.progress import show_progress
+from aisdl.client import Client
+from aisdl.errors import AisdlError, BadRequest
+from aisdl.jobs.template import has_template
+
+RANGE_HINT = ('For range download, enclose source in quotation marks, e.g.:'
+              ' "gs://imagenet/train-{00..99}.tgz"')
+
+
+class JobFailed(AisdlError):
+    """A waited-for job ended with errors or was aborted (exit code 1, message already shown)."""
+
+
+def _kind_and_id(args: tuple[str, ...], command: str, required: bool = True) -> str | None:
+    """`download ID` or just `ID` (the short forms of the user's document)."""
+    rest = list(args)
+    if rest and rest[0] == "download":
+        rest.pop(0)
+    if len(rest) > 1:
+        raise click.UsageError(f"too many arguments for `ais {command}`: {' '.join(args)}")
+    if not rest and required:
+        raise click.UsageError('missing "JOB_ID" argument')
+    return rest[0] if rest else None
+
+
+# -- start --------------------------------------------------------------------------------------
+def build_request(source: Source, dest: Dest, object_list: str | None) -> dict[str, Any]:
+    """The job the SOURCE/DEST pair describes (single, multi list or range)."""
+    if source.scheme not in ("http", "https", "ais"):
+        raise BadRequest(f"downloading from {source.scheme} buckets is not supported yet;"
+                         " use an http(s):// link or ais://HOST:PORT/BUCKET/OBJECT")
+    bucket = dest.bucket.to_json()
+    if object_list:
+        entries = read_object_list(object_list)
+        base = source.link.rstrip("/")
+        objects = {posixpath.join(dest.path, posixpath.basename(e.rstrip("/"))): f"{base}/{e}"
+                   for e in entries}
+        return {"type": "multi", "bucket": bucket, "objects": objects}
+    if has_template(source.link):
+        return {"type": "range", "bucket": bucket, "template": source.link, "subdir": dest.path}
+    name = dest.path
+    if dest.has_trailing_slash:
+        name = posixpath.join(dest.path, posixpath.basename(source.link.split("?")[0]))
+    return {"type": "single", "bucket": bucket, "link": source.link, "object_name": name}
+
+
+@click.command("download")
+@click.argument("args", nargs=-1)
+@click.option("--description", "--desc", default="", help="Description of the download job.")
+@click.option("--timeout", type=DURATION, default=None,
+              help="Timeout for a request to the external resource (e.g. 30s, 2m).")
+@click.option("--sync", is_flag=True, help="Also remove cached objects that are gone from the"
+              " remote bucket (needs a remote bucket as SOURCE).")
+@click.option("--max-conns", "--conns", "max_conns", type=click.IntRange(min=0), default=0,
+              help="Max concurrent connections of this job (0: the node's limit).")
+@click.option("--limit-bph", type=SIZE, default=None,
+              help="Max bytes downloaded per hour, e.g. 1GiB, 500MB (default: unlimited).")
+@click.option("--object-list", "--from", "object_list", default=None,
+              help="Path to a file with a JSON array of object names to download.")
+@click.option("--progress", is_flag=True,
+              help="Show progress bars and wait until all files are downloaded.")
+@click.option("--progress-interval", type=DURATION, default=10.0, show_default="10s",
+              help="Refresh interval of --progress (e.g. 500ms, 10s, 1m).")
+@click.option("--wait", is_flag=True, help="Wait until all files are downloaded, then print a"
+              " brief summary.")
+@click.pass_obj
+def start_download(obj: CliContext, args: tuple[str, ...], description: str,
+                   timeout: float | None, sync: bool, max_conns: int, limit_bph: int | None,
+                   object_list: str | None, progress: bool, progress_interval: float,
+                   wait: bool) -> None:
+    """Download SOURCE (a link, a range template, an ais:// object) into DESTINATION (ais://b/...).
+
+    \b
+    Examples:
+      ais start download http://example.com/file.iso ais://b/file.iso
+      ais start download "https://example.com/shard-{000..140}.tar" ais://b/shards/
+      ais start download https://example.com/data ais://b --object-list=names.json
+    """
+    if not args:
+        raise click.UsageError('missing arguments "SOURCE DESTINATION"')
+    if len(args) == 1:
+        raise click.UsageError('missing "destination" argument')
+    if len(args) > 2:
+        raise click.UsageError(f"too many arguments - expected 2, got {len(args)}.\n{RANGE_HINT}")
+    source, dest = parse_source(args[0]), parse_dest(args[1])
+    if sync:
+        raise BadRequest("--sync needs a remote bucket as SOURCE (s3://, gs://, az://) and a"
+                         " DESTINATION whose backend_bck is that bucket; cloud sources are not"
+                         " supported yet")
+    body = build_request(source, dest, object_list)
+    body.update(description=description, timeout=f"{timeout}s" if timeout else "",
+                limits={"connections": max_conns, "bytes_per_hour": limit_bph or 0},
+                progress_interval=f"{progress_interval}s")
+    client = obj.client
+    if not client.bucket_exists(dest.bucket):
+        click.echo(f"Warning: destination bucket {dest.bucket.cname} doesn't exist. Bucket with"
+                   " default properties will be created.", err=True)
+    job_id = client.start_download(body)
+    click.echo(job_id)
+    if progress:
+        _finish(show_progress(client, job_id, progress_interval), bars=True)
+    elif wait:
+        _finish(_wait_for(client, job_id, refresh=1.0, timeout=None), bars=False)
+    else:
+        click.echo(f"Run `ais show job download {job_id}` to monitor the progress of downloading.")
+
+
+def _finish(st: dict[str, Any], bars: bool) -> None:
+    """The last word of a waited-for job; exit code 1 when it has errors or was aborted."""
+    if st["aborted"]:
+        click.echo("Download was aborted." if bars else jobview.summary_line(st))
+    elif not st["error_cnt"]:
+        click.echo("All files successfully downloaded." if bars else jobview.summary_line(st))
+        return
+    else:
+        click.echo(jobview.summary_line(st))
+        click.echo(f"To see detailed info run `ais show job download {st['id']} -v`")
+    raise JobFailed("download job finished with errors" if not st["aborted"]
+                    else "download job was aborted")
+
+
+def _wait_for(client: Client, job_id: str, refresh: float, timeout: float | None) -> dict[str, Any]:
+    deadline = None if not timeout else time.monotonic() + timeout
+    while True:
+        st = client.download_status(job_id, only_active=True)
+        if jobview.is_finished(st):
+            return client.download_status(job_id)
+        if deadline is not None and time.monotonic() >= deadline:
+            raise AisdlError(f"timed out waiting for download job {job_id}")
+        left = refresh if deadline is None else deadline - time.monotonic()
+        time.sleep(max(0.0, min(refresh, left)))
+
+
+# -- show ---------------------------------------------------------------------------------------
+@click.command("job")
+@click.argument("args", nargs=-1)
+@click.option("--regex", default="", help="Regex for the description of download jobs.")
+@click.option("--progress", is_flag=True, help="Display progress bars.")
+@click.option("--refresh", type=DURATION, default=1.0, show_default="1s",
+              help="Refresh interval (e.g. 500ms, 1s).")
+@click.option("--verbose", "-v", is_flag=True, help="Verbose output (files in flight, errors).")
+@click.option("--all", "show_all", is_flag=True,
+              help="Include finished jobs (they are always listed; kept for AIStore scripts).")
+@click.option("--json", "-j", "as_json", is_flag=True, help="Print the raw status JSON.")
+@click.option("--no-headers", "-H", is_flag=True, help="Omit the table header.")
+@click.pass_obj
+def show_job(obj: CliContext, args: tuple[str, ...], regex: str, progress: bool,
+             refresh: float, verbose: bool, show_all: bool, as_json: bool,
+             no_headers: bool) -> None:
+    """Show download jobs, or the status of one: `ais show job download [JOB_ID]`."""
+    job_id = _kind_and_id(args, "show job", required=False)
+    client = obj.client
+    if job_id is None:
+        _list_jobs(client, regex, as_json, no_headers)
+        return
+    if progress:
+        _finish(show_progress(client, job_id, refresh), bars=True)
+        return
+    st = client.download_status(job_id)
+    if as_json:
+        click.echo(json.dumps(st, indent=4))
+        return
+    for line in jobview.status_lines(st, verbose):
+        click.echo(line)
+
+
+def _list_jobs(client: Client, regex: str, as_json: bool, no_headers: bool) -> None:
+    jobs = jobview.sort_jobs(client.list_downloads(regex=regex))
+    if as_json:
+        click.echo(json.dumps(jobs, indent=4))
+        return
+    if not jobs:
+        click.echo("No download jobs" + (f" matching {regex!r}" if regex else ""))
+        return
+    if not no_headers:
+        click.echo("JOB ID\t\t STATUS\t\t ERRORS\t DESCRIPTION")
+    for j in jobs:
+        click.echo(f"{j['id']}\t {jobview.job_status_word(j)}\t {j['error_cnt']}\t"
+                   f" {j['description']}")
+
+
+# -- wait, stop, rm -----------------------------------------------------------------------------
+@click.command("wait")
+@click.argument("args", nargs=-1)
+@click.option("--refresh", type=DURATION, default=1.0, show_default="1s",
+              help="Refresh interval (e.g. 500ms, 1s).")
+@click.option("--progress", is_flag=True, help="Display progress bars.")
+@click.option("--timeout", type=DURATION, default=None, help="Give up waiting after this long.")
+@click.pass_obj
+def wait_download(obj: CliContext, args: tuple[str, ...], refresh: float, progress: bool,
+                  timeout: float | None) -> None:
+    """Wait for a download job to finish: `ais wait download JOB_ID` (or `ais wait JOB_ID`)."""
+    job_id = _kind_and_id(args, "wait")
+    assert job_id is not None
+    client = obj.client
+    if progress:
+        _finish(show_progress(client, job_id, refresh), bars=True)
+        return
+    st = _wait_for(client, job_id, refresh, timeout)
+    if st["aborted"] or st["error_cnt"]:
+        _finish(st, bars=False)
+
+
+@click.command("stop")
+@click.argument("args", nargs=-1)
+@click.pass_obj
+def stop_download(obj: CliContext, args: tuple[str, ...]) -> None:
+    """Stop (abort) a download job: `ais stop download JOB_ID` (or `ais stop JOB_ID`)."""
+    job_id = _kind_and_id(args, "stop")
+    assert job_id is not None
+    obj.client.abort_download(job_id)
+    click.echo(f"Stopped download job {job_id}")
+
+
+@click.command("rm")
+@click.argument("args", nargs=-1)
+@click.option("--all", "rm_all", is_flag=True, help="Remove every finished download job.")
+@click.pass_obj
+def rm_download(obj: CliContext, args: tuple[str, ...], rm_all: bool) -> None:
+    """Remove a finished download job from the list: `ais job rm download JOB_ID`."""
+    job_id = _kind_and_id(args, "job rm", required=not rm_all)
+    client = obj.client
+    if job_id is not None:
+        client.remove_download(job_id)
+        click.echo(f'Removed finished download job "{job_id}"')
+        return
+    done = [j for j in client.list_downloads() if jobview.is_finished(j)]
+    for j in done:
+        client.remove_download(j["id"])
+        click.echo(f'Removed download job "{j["id"]}"')
+    if not done:
+        click.echo("No finished download jobs, nothing to do")
+
+
+def register(cli: click.Group, job: click.Group) -> None:
+    start = click.Group("start", help="Start jobs: `ais start download SOURCE DEST`.")
+    show = click.Group("show", help="Show jobs: `ais show job download [JOB_ID]`.")
+    start.add_command(start_download)
+    show.add_command(show_job)
+    for group in (cli, job):
+        group.add_command(wait_download)
+        group.add_command(stop_download)
+    cli.add_command(start)
+    cli.add_command(show)
+    cli.add_command(start_download, "download")
+    job.add_command(start, "start")
+    job.add_command(rm_download)
+    job.add_command(show_job, "show")

@@ -1,0 +1,63 @@
+"""`ais serve` (a node in the foreground) and `ais node stop`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from aisdl.cli.context import CliContext
+from aisdl.cli.params import DURATION
+from aisdl.client import Client
+from aisdl.config import NodeConfig, RetryPolicy
+from aisdl.node import default_home, run_node
+
+
+@click.command()
+@click.option("--port", default=8080, show_default=True, help="TCP port to listen on.")
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to listen on (loopback by default).")
+@click.option("--home", type=click.Path(path_type=Path), default=None,
+              help="Node directory: database, data, log [default: $AISDL_HOME or ~/.aisdl].")
+@click.option("--mountpath", "mountpaths", multiple=True, type=click.Path(path_type=Path),
+              help="Directory for object data; repeat for several disks [default: HOME/data].")
+@click.option("--allow-private-egress", is_flag=True,
+              help="Let a node listening beyond loopback fetch from loopback and private networks.")
+@click.option("--max-conns", default=64, show_default=True,
+              help="Node-wide limit of concurrent source connections.")
+@click.option("--retry-attempts", type=click.IntRange(min=1), default=RetryPolicy.attempts,
+              show_default=True, help="Tries of one file before it is recorded as failed.")
+@click.option("--retry-delay", type=DURATION, default=RetryPolicy.base_delay,
+              show_default="500ms", help="Backoff before the first retry (doubles each time).")
+def serve(port: int, host: str, home: Path | None, mountpaths: tuple[Path, ...],
+          allow_private_egress: bool, max_conns: int, retry_attempts: int,
+          retry_delay: float) -> None:
+    """Run a node in the foreground (Ctrl+C stops it; unfinished jobs resume at the next start)."""
+    run_node(NodeConfig(
+        home=(home or default_home()).resolve(), host=host, port=port,
+        mountpaths=tuple(p.resolve() for p in mountpaths),
+        allow_private_egress=allow_private_egress, max_connections=max_conns,
+        retry=RetryPolicy(attempts=retry_attempts, base_delay=retry_delay),
+    ))
+
+
+@click.group()
+def node() -> None:
+    """Manage the node."""
+
+
+@node.command("stop")
+@click.pass_obj
+def node_stop(obj: CliContext) -> None:
+    """Stop the node at $AIS_ENDPOINT (unfinished jobs resume when it starts again)."""
+    client = Client(obj.endpoint)
+    if not client.health():
+        click.echo(f"No node is running at {obj.endpoint}")
+        return
+    client.shutdown()
+    click.echo(f"Node at {obj.endpoint} is stopping")
+
+
+def register(cli: click.Group) -> None:
+    cli.add_command(serve)
+    cli.add_command(node)

@@ -1,0 +1,99 @@
+"""Progress bars for a running job: one total bar and one bar per file in flight, redrawn from
+each polled status (the node does the accounting; this only renders)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    ProgressColumn,
+    Task,
+    TaskID,
+    TaskProgressColumn,
+    TextColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
+from rich.text import Text
+
+from aisdl.cli.jobview import display_total, done_count, is_finished
+from aisdl.client import Client
+
+
+class AmountColumn(ProgressColumn):
+    """`64/141` on the files bar, `431.7/1.8 GiB` on a file's bar."""
+
+    _bytes = DownloadColumn(binary_units=True)
+
+    def render(self, task: Task) -> Text:
+        if task.fields.get("kind") == "count":
+            return Text(f"{int(task.completed)}/{int(task.total or 0)}")
+        return self._bytes.render(task)
+
+
+class FileOnly(ProgressColumn):
+    """Speed and ETA make sense for bytes of a file, not for the count of files."""
+
+    def __init__(self, inner: ProgressColumn) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def render(self, task: Task) -> Text:
+        if task.fields.get("kind") == "count":
+            return Text("")
+        rendered = self.inner.render(task)
+        return rendered if isinstance(rendered, Text) else Text(str(rendered))
+
+
+def _bars(console: Console) -> Progress:
+    return Progress(
+        TextColumn("{task.description}"), AmountColumn(), BarColumn(bar_width=None),
+        TaskProgressColumn(), FileOnly(TimeRemainingColumn()), FileOnly(TransferSpeedColumn()),
+        console=console, expand=True,
+    )
+
+
+class JobBars:
+    """Keeps rich tasks in step with a job's status snapshots."""
+
+    def __init__(self, progress: Progress) -> None:
+        self.progress = progress
+        self.total_bar: TaskID | None = None
+        self.files: dict[str, TaskID] = {}
+
+    def update(self, st: dict[str, Any]) -> None:
+        total = display_total(st)
+        if total > 1:
+            label = "Files downloaded:" if int(st["total"]) > 0 else "Files downloaded (estimated):"
+            if self.total_bar is None:
+                self.total_bar = self.progress.add_task(label, total=total, kind="count")
+            self.progress.update(self.total_bar, completed=done_count(st), total=total)
+        current = {t["name"]: t for t in st.get("current_tasks") or []}
+        for name in list(self.files):
+            if name not in current:
+                self.progress.remove_task(self.files.pop(name))
+        for name, t in current.items():
+            done, size = int(t["downloaded"]), int(t.get("total") or 0)
+            if name not in self.files:
+                self.files[name] = self.progress.add_task(name, total=size or None, kind="bytes")
+            self.progress.update(self.files[name], completed=done, total=size or None)
+
+
+def show_progress(client: Client, job_id: str, refresh: float,
+                  console: Console | None = None) -> dict[str, Any]:
+    """Draw bars until the job finishes; return its final status."""
+    console = console or Console(stderr=False)
+    with _bars(console) as progress:
+        bars = JobBars(progress)
+        while True:
+            st = client.download_status(job_id, only_active=True)
+            bars.update(st)
+            if is_finished(st):
+                break
+            time.sleep(refresh)
+    return client.download_status(job_id)

@@ -1,0 +1,43 @@
+"""Node settings: small frozen values, read from flags and the environment once, in node.py."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    attempts: int = 6           # total tries of one file (first + retries)
+    base_delay: float = 0.5     # seconds before the first retry; doubles each time, with jitter
+    max_delay: float = 30.0     # cap for one backoff sleep, and for a server's Retry-After
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    home: Path
+    host: str = "127.0.0.1"
+    port: int = 8080
+    mountpaths: tuple[Path, ...] = ()
+    allow_private_egress: bool = False
+    max_connections: int = 64        # node-wide concurrent source connections
+    max_per_host: int = 0            # 0 = no per-host cap below max_connections
+    default_timeout: float = 3600.0  # per-request timeout when a job gives none
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+
+    @property
+    def endpoint(self) -> str:
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host
+        return f"http://{host}:{self.port}"
+
+    @property
+    def loopback_only(self) -> bool:
+        return self.host in ("127.0.0.1", "localhost", "::1")
+
+    @property
+    def db_path(self) -> Path:
+        return self.home / "aisdl.db"
+
+    @property
+    def data_dirs(self) -> tuple[Path, ...]:
+        return self.mountpaths or (self.home / "data",)

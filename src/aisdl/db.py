@@ -1,0 +1,76 @@
+"""The node's SQLite database: one connection, owned by one thread, so the event loop never blocks
+on disk and every write is serialized. Callers hand it functions to run in a transaction."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import TypeVar
+
+T = TypeVar("T")
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS buckets (
+    provider TEXT NOT NULL, name TEXT NOT NULL, props TEXT NOT NULL, created INTEGER NOT NULL,
+    PRIMARY KEY (provider, name));
+CREATE TABLE IF NOT EXISTS objects (
+    provider TEXT NOT NULL, bucket TEXT NOT NULL, name TEXT NOT NULL,
+    size INTEGER NOT NULL, version TEXT NOT NULL, cksum_type TEXT NOT NULL, cksum TEXT NOT NULL,
+    atime INTEGER NOT NULL, custom TEXT NOT NULL,
+    PRIMARY KEY (provider, bucket, name)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS jobs (
+    id TEXT PRIMARY KEY, spec TEXT NOT NULL, description TEXT NOT NULL,
+    started INTEGER NOT NULL, finished INTEGER NOT NULL DEFAULT 0,
+    total INTEGER NOT NULL, scheduled INTEGER NOT NULL DEFAULT 0,
+    finished_cnt INTEGER NOT NULL DEFAULT 0, skipped INTEGER NOT NULL DEFAULT 0,
+    errors INTEGER NOT NULL DEFAULT 0, all_dispatched INTEGER NOT NULL DEFAULT 0,
+    aborted INTEGER NOT NULL DEFAULT 0, cursor TEXT NOT NULL DEFAULT '{}');
+CREATE TABLE IF NOT EXISTS job_errors (
+    job_id TEXT NOT NULL, name TEXT NOT NULL, error TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS job_errors_by_job ON job_errors (job_id);
+CREATE TABLE IF NOT EXISTS job_tasks (
+    job_id TEXT NOT NULL, name TEXT NOT NULL, downloaded INTEGER NOT NULL, total INTEGER NOT NULL,
+    start_ns INTEGER NOT NULL, end_ns INTEGER NOT NULL);
+CREATE INDEX IF NOT EXISTS job_tasks_by_job ON job_tasks (job_id);
+"""
+
+
+class Database:
+    def __init__(self, path: Path) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite")
+        self.conn: sqlite3.Connection = self._pool.submit(self._open, path).result()
+
+    @staticmethod
+    def _open(path: Path) -> sqlite3.Connection:
+        conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        conn.row_factory = sqlite3.Row
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")
+        conn.executescript(SCHEMA)
+        return conn
+
+    def _in_transaction(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            result = fn(self.conn)
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+        self.conn.execute("COMMIT")
+        return result
+
+    async def run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run `fn(conn)` in one transaction on the database thread."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._pool, self._in_transaction, fn)
+
+    def run_sync(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Same as `run`, for start-up code that has no loop yet."""
+        return self._pool.submit(self._in_transaction, fn).result()
+
+    def close(self) -> None:
+        self._pool.submit(self.conn.close).result()
+        self._pool.shutdown()

@@ -1,0 +1,160 @@
+"""All download jobs of the node: create, resume after a restart, status, abort, remove."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import sqlite3
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+import aiohttp
+
+from aisdl.config import NodeConfig
+from aisdl.db import Database
+from aisdl.engine.egress import EgressResolver
+from aisdl.engine.fetch import Fetcher
+from aisdl.errors import BadRequest, NotFound
+from aisdl.jobs import records
+from aisdl.jobs.records import Counters, Cursor
+from aisdl.jobs.request import JobSpec, check_regex
+from aisdl.jobs.run import JobRun
+from aisdl.sources.http import HttpSource
+from aisdl.store.store import Store
+
+log = logging.getLogger("aisdl.jobs")
+_ID_ALPHABET = "abcdefghijkmnopqrstuvwxyzABCDEFGHJKLMNPQRSTUVWXYZ23456789"
+
+
+def new_job_id() -> str:
+    return "dnl-" + "".join(secrets.choice(_ID_ALPHABET) for _ in range(9))
+
+
+def rfc3339(ns: int) -> str:
+    return datetime.fromtimestamp(ns / 1e9, UTC).isoformat().replace("+00:00", "Z") if ns \
+        else "1970-01-01T00:00:00Z"
+
+
+class JobManager:
+    def __init__(self, config: NodeConfig, db: Database, store: Store) -> None:
+        self.config, self.db, self.store = config, db, store
+        self.runs: dict[str, JobRun] = {}
+        self._session: aiohttp.ClientSession | None = None
+        self._fetcher: Fetcher | None = None
+
+    async def start(self) -> None:
+        allow_private = self.config.loopback_only or self.config.allow_private_egress
+        connector = aiohttp.TCPConnector(
+            limit=self.config.max_connections, limit_per_host=self.config.max_per_host,
+            resolver=EgressResolver(allow_private), ttl_dns_cache=60)
+        self._session = aiohttp.ClientSession(connector=connector, auto_decompress=False,
+                                              trust_env=False)
+        self._fetcher = Fetcher(HttpSource(self._session, allow_private), self.config.retry)
+        rows = await self.db.run(records.unfinished_jobs)
+        await asyncio.get_running_loop().run_in_executor(
+            None, self.store.clean_work, {r["id"] for r in rows})
+        for row in rows:
+            log.info("resuming job %s (%s)", row["id"], row["description"])
+            self._launch(row["id"], JobSpec.from_json(row["spec"]), row)
+            if row["aborted"]:  # aborted just before a crash: finish the abort
+                await self.runs[row["id"]].abort()
+
+    async def close(self) -> None:
+        await asyncio.gather(*(r.shutdown() for r in self.runs.values()))
+        if self._session:
+            await self._session.close()
+
+    def _launch(self, job_id: str, spec: JobSpec, row: sqlite3.Row | dict[str, Any]) -> JobRun:
+        assert self._fetcher is not None
+        run = JobRun(job_id, spec, db=self.db, store=self.store, fetcher=self._fetcher,
+                     workers=spec.connections or self.config.max_connections,
+                     counters=Counters(row["finished_cnt"], row["skipped"], row["errors"]),
+                     cursor=Cursor.from_json(row["cursor"]), started_ns=row["started"])
+        self.runs[job_id] = run
+        run.start()
+        return run
+
+    async def create(self, spec: JobSpec) -> str:
+        await self.store.ensure_bucket(spec.bucket)
+        job_id, now, total = new_job_id(), time.time_ns(), spec.total
+        await self.db.run(lambda c: records.insert_job(
+            c, job_id, spec.to_json(), spec.description, total, now))
+        self._launch(job_id, spec, {"finished_cnt": 0, "skipped": 0, "errors": 0,
+                                    "cursor": "{}", "started": now})
+        log.info("job %s started: %s", job_id, spec.description)
+        return job_id
+
+    async def abort(self, job_id: str) -> None:
+        run = self._live(job_id)
+        if run is not None:
+            await run.abort()
+            return
+        if await self.db.run(lambda c: records.get_job(c, job_id)) is None:
+            raise self._not_found(job_id)
+        # Aborting a finished job changes nothing (upstream would flip it to "aborted").
+
+    async def remove(self, job_id: str) -> None:
+        if self._live(job_id) is not None:
+            raise BadRequest(f'job "{job_id}" is still running')
+        if await self.db.run(lambda c: records.get_job(c, job_id)) is None:
+            raise self._not_found(job_id)
+        await self.db.run(lambda c: records.delete_job(c, job_id))
+        self.runs.pop(job_id, None)
+
+    def _live(self, job_id: str) -> JobRun | None:
+        run = self.runs.get(job_id)
+        return run if run is not None and not run.finished_ns else None
+
+    @staticmethod
+    def _not_found(job_id: str) -> NotFound:
+        return NotFound(f"download job {job_id} does not exist", tcode="ErrNotFound")
+
+    # -- status -----------------------------------------------------------------------------
+    async def status(self, job_id: str, only_active: bool) -> dict[str, Any]:
+        row = await self.db.run(lambda c: records.get_job(c, job_id))
+        if row is None:
+            raise self._not_found(job_id)
+        out = self._summary(row)
+        run = self._live(job_id)
+        if run is not None:
+            out["current_tasks"] = [
+                {"name": t.name, "downloaded": str(t.downloaded), "total": str(t.total),
+                 "start_time": rfc3339(t.start_ns), "end_time": rfc3339(0)}
+                for t in sorted(run.current.values(), key=lambda t: t.name)]
+        if not only_active:
+            errors = await self.db.run(lambda c: records.job_errors(c, job_id))
+            tasks = await self.db.run(lambda c: records.recent_tasks(c, job_id))
+            out["download_errors"] = [{"name": n, "error": e} for n, e in errors]
+            out["finished_tasks"] = [
+                {"name": t.name, "downloaded": str(t.downloaded), "total": str(t.total),
+                 "start_time": rfc3339(t.start_ns), "end_time": rfc3339(t.end_ns)}
+                for t in tasks]
+        return {k: v for k, v in out.items() if v != []}
+
+    async def list(self, regex: str, only_active: bool) -> list[dict[str, Any]]:
+        pattern = check_regex(regex)
+        rows = await self.db.run(records.all_jobs)
+        jobs = [self._summary(r) for r in rows if pattern.search(r["description"])]
+        if only_active:
+            jobs = [j for j in jobs if j["finished_time"] == rfc3339(0)]
+        return jobs
+
+    def _summary(self, row: sqlite3.Row) -> dict[str, Any]:
+        run = self._live(row["id"])
+        if run is not None:
+            c, finished, aborted, dispatched = run.counters, 0, run.aborted, run.all_dispatched
+            scheduled = run.scheduled
+        else:
+            c = Counters(row["finished_cnt"], row["skipped"], row["errors"])
+            finished, aborted, dispatched = row["finished"], bool(row["aborted"]), bool(
+                row["all_dispatched"])
+            scheduled = c.finished + c.errors
+        return {
+            "id": row["id"], "xaction_id": row["id"], "description": row["description"],
+            "started_time": rfc3339(row["started"]), "finished_time": rfc3339(finished),
+            "finished_cnt": c.finished, "scheduled_cnt": scheduled, "skipped_cnt": c.skipped,
+            "error_cnt": c.errors, "total": row["total"], "all_dispatched": dispatched,
+            "aborted": aborted,
+        }

@@ -1,0 +1,229 @@
+"""One running download job: dispatch items in order to a pool of workers, record outcomes in
+batches (one transaction per batch: object commits, counters, errors and the resume cursor
+together), so a job stopped at any instant resumes with exact counts."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sqlite3
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from aisdl.db import Database
+from aisdl.engine.fetch import Fetcher, FetchRequest, discard
+from aisdl.engine.limits import TokenBucket
+from aisdl.errors import AisdlError, SourceError
+from aisdl.jobs import records
+from aisdl.jobs.records import Counters, Cursor, TaskInfo
+from aisdl.jobs.request import Item, JobSpec
+from aisdl.sources.base import SourceObject
+from aisdl.store.store import Store
+
+log = logging.getLogger("aisdl.jobs")
+FLUSH_EVERY = 0.25   # seconds between batch commits
+FLUSH_AT = 512       # outcomes that force a commit sooner
+
+
+@dataclass
+class TaskState:
+    """A transfer in flight, as the status shows it."""
+
+    name: str
+    start_ns: int = field(default_factory=time.time_ns)
+    downloaded: int = 0
+    total: int = 0
+
+    def started(self, offset: int, total: int | None) -> None:
+        self.downloaded, self.total = offset, total or 0
+
+    def advanced(self, nbytes: int) -> None:
+        self.downloaded += nbytes
+
+
+@dataclass
+class Outcome:
+    item: Item
+    task: TaskState
+    error: str = ""
+    skipped: bool = False
+    work: Path | None = None
+    size: int = 0
+    cksum: str = ""
+    custom: dict[str, str] = field(default_factory=dict)
+    end_ns: int = field(default_factory=time.time_ns)
+
+
+class JobRun:
+    def __init__(self, job_id: str, spec: JobSpec, *, db: Database, store: Store,
+                 fetcher: Fetcher, workers: int, counters: Counters, cursor: Cursor,
+                 started_ns: int) -> None:
+        self.id, self.spec = job_id, spec
+        self.db, self.store, self.fetcher = db, store, fetcher
+        self.workers = max(1, workers)
+        self.counters, self.cursor = counters, cursor
+        self.started_ns = started_ns
+        self.total = spec.total
+        self.current: dict[int, TaskState] = {}
+        self.aborted = False
+        self.all_dispatched = False
+        self.finished_ns = 0
+        self._batch: list[Outcome] = []
+        self._recording = 0  # outcomes handed to the database thread, not yet in counters
+        self._flush_now = asyncio.Event()
+        self._throttle = TokenBucket(spec.bytes_per_hour) if spec.bytes_per_hour else None
+        self._task: asyncio.Task[None] | None = None
+
+    def __repr__(self) -> str:
+        c = self.counters
+        return (f"<JobRun {self.id} {self.spec.kind} done={c.finished}+{c.errors}/{self.total}"
+                f" running={len(self.current)} aborted={self.aborted}>")
+
+    @property
+    def scheduled(self) -> int:
+        c = self.counters
+        return c.finished + c.errors + len(self.current) + len(self._batch) + self._recording
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name=f"job {self.id}")
+
+    async def abort(self) -> None:
+        """Stop now: in-flight transfers are cancelled and discarded; what is done stays."""
+        self.aborted = True
+        await self._stop()
+
+    async def shutdown(self) -> None:
+        """Node stopping: keep partial work files so the job resumes where it was."""
+        await self._stop()
+
+    async def _stop(self) -> None:
+        if self._task and not self._task.done():
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    async def wait(self) -> None:
+        if self._task:
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    # -- the run ----------------------------------------------------------------------------
+    async def _run(self) -> None:
+        queue: asyncio.Queue[Item | None] = asyncio.Queue(maxsize=self.workers * 2)
+        flusher = asyncio.create_task(self._flush_loop())
+        try:
+            async with asyncio.TaskGroup() as tg:
+                for _ in range(self.workers):
+                    tg.create_task(self._worker(queue))
+                await self._produce(queue)
+                for _ in range(self.workers):
+                    await queue.put(None)
+            await self._finish()
+        except asyncio.CancelledError:
+            if self.aborted:
+                await self._finish()
+            else:
+                await self._flush()  # node stopping: keep what is done, resume the rest later
+            raise
+        except Exception:
+            log.exception("job %s stopped by an internal error", self.id)
+            await self._finish()
+        finally:
+            flusher.cancel()
+
+    async def _produce(self, queue: asyncio.Queue[Item | None]) -> None:
+        for item in self.spec.items(start=self.cursor.low):
+            if not self.cursor.done(item.index):
+                await queue.put(item)
+        self.all_dispatched = True
+
+    async def _worker(self, queue: asyncio.Queue[Item | None]) -> None:
+        while (item := await queue.get()) is not None:
+            task = TaskState(item.name)
+            self.current[item.index] = task
+            try:
+                outcome = await self._download(item, task)
+            except asyncio.CancelledError:
+                self.current.pop(item.index, None)
+                if self.aborted:
+                    discard(self._work_path(item))
+                raise
+            self.current.pop(item.index, None)
+            self._batch.append(outcome)
+            if len(self._batch) >= FLUSH_AT:
+                self._flush_now.set()
+
+    def _work_path(self, item: Item) -> Path:
+        path = self.store.work_path(self.spec.bucket, item.name, self.id)
+        return path.with_name(f"{path.name}.{item.index}")
+
+    async def _download(self, item: Item, task: TaskState) -> Outcome:
+        try:
+            stored = await self.store.lookup(self.spec.bucket, item.name)
+            known = SourceObject.from_custom(stored.custom) if stored and stored.custom.get(
+                "source") else None
+            req = FetchRequest(link=item.link, work=self._work_path(item), stored=known,
+                               headers=self.spec.headers, timeout=self.spec.timeout,
+                               throttle=self._throttle)
+            got = await self.fetcher.fetch(req, task)
+        except SourceError as err:
+            return Outcome(item, task, error=err.message)
+        except AisdlError as err:
+            return Outcome(item, task, error=err.message)
+        except OSError as err:
+            discard(self._work_path(item))
+            return Outcome(item, task, error=f"cannot write the object: {err.strerror or err}")
+        if got.unchanged:
+            return Outcome(item, task, skipped=True)
+        return Outcome(item, task, work=req.work, size=got.size, cksum=got.cksum,
+                       custom=got.custom)
+
+    # -- recording outcomes -----------------------------------------------------------------
+    async def _flush_loop(self) -> None:
+        while True:
+            try:
+                await asyncio.wait_for(self._flush_now.wait(), FLUSH_EVERY)
+            except TimeoutError:
+                pass
+            self._flush_now.clear()
+            await self._flush()
+
+    async def _flush(self) -> None:
+        if not self._batch:
+            return
+        batch, self._batch = self._batch, []
+        self._recording += len(batch)
+        await asyncio.shield(self.db.run(lambda conn: self._record(conn, batch)))
+
+    def _record(self, conn: sqlite3.Connection, batch: list[Outcome]) -> None:
+        """Runs on the database thread, in one transaction. That thread runs one batch at a
+        time, so the counters it starts from always include every earlier batch."""
+        counters = Counters(**vars(self.counters))
+        cursor = Cursor(self.cursor.low, set(self.cursor.above))
+        errors, tasks = [], []
+        for o in batch:
+            if o.work is not None:
+                try:
+                    self.store.commit_in_txn(conn, self.spec.bucket, o.item.name, o.work, o.size,
+                                             o.cksum, o.custom, o.task.start_ns)
+                except AisdlError as err:
+                    discard(o.work)
+                    o.error = err.message
+            if o.error:
+                counters.errors += 1
+                errors.append((o.item.name, o.error))
+            else:
+                counters.finished += 1
+                counters.skipped += o.skipped
+            cursor.mark(o.item.index)
+            tasks.append(TaskInfo(o.item.name, o.task.downloaded, o.task.total,
+                                  o.task.start_ns, o.end_ns))
+        records.save_progress(conn, self.id, counters, cursor, errors, tasks)
+        self.counters, self.cursor = counters, cursor
+        self._recording -= len(batch)
+
+    async def _finish(self) -> None:
+        await self._flush()
+        self.finished_ns = time.time_ns()
+        finished, aborted, dispatched = self.finished_ns, self.aborted, self.all_dispatched
+        await asyncio.shield(self.db.run(
+            lambda conn: records.mark_finished(conn, self.id, finished, aborted, dispatched)))

@@ -1,0 +1,51 @@
+"""The node process: settings from flags and environment, logging, the web app, a clean stop."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+
+from aiohttp import web
+
+from aisdl.config import NodeConfig
+
+
+def default_home() -> Path:
+    """`$AISDL_HOME`, else `~/.aisdl`: where a background node keeps its data and log."""
+    env = os.environ.get("AISDL_HOME")
+    return Path(env) if env else Path.home() / ".aisdl"
+
+
+def run_node(config: NodeConfig) -> None:
+    """Serve until SIGTERM/SIGINT; the app's cleanup contexts stop jobs and close the database."""
+    from aisdl.api.app import create_app
+
+    config.home.mkdir(parents=True, exist_ok=True)
+    logging.basicConfig(
+        level=logging.INFO, stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    try:
+        asyncio.run(_serve(create_app(config), config))
+    except KeyboardInterrupt:
+        pass
+
+
+async def _serve(app: web.Application, config: NodeConfig) -> None:
+    runner = web.AppRunner(app, handle_signals=False, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, config.host, config.port, reuse_address=True)
+    await site.start()
+    logging.getLogger("aisdl").info(
+        "node listening on %s (home %s)", config.endpoint, config.home)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await runner.cleanup()

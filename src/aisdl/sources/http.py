@@ -1,0 +1,142 @@
+"""http(s) links: GET with ranges, conditional requests and the validators the origin sends."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from http import HTTPStatus
+from urllib.parse import urlsplit
+
+import aiohttp
+
+from aisdl.engine.egress import EgressBlocked, check_address, is_ip_literal
+from aisdl.errors import SourceError
+from aisdl.sources.base import SourceObject
+
+TRANSIENT_STATUS = {408, 425, 429, 500, 502, 503, 504}
+
+
+@dataclass
+class HttpRead:
+    meta: SourceObject
+    offset: int
+    not_modified: bool
+    _resp: aiohttp.ClientResponse | None
+
+    async def chunks(self, size: int) -> AsyncIterator[bytes]:
+        assert self._resp is not None
+        try:
+            while chunk := await self._resp.content.read(size):
+                yield chunk
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            raise _translate(exc, "") from exc
+
+
+def _b64hex(value: str) -> str | None:
+    try:
+        return base64.b64decode(value).hex()
+    except ValueError:
+        return None
+
+
+def validators(resp: aiohttp.ClientResponse, link: str) -> SourceObject:
+    h = resp.headers
+    size = None
+    if resp.status == 200 and resp.content_length is not None:
+        size = resp.content_length
+    elif resp.status == 206 and "/" in h.get("Content-Range", ""):
+        total = h["Content-Range"].rsplit("/", 1)[1]
+        size = int(total) if total.isdigit() else None
+    hashes: dict[str, str | None] = {}
+    for entry in h.getall("x-goog-hash", []):
+        for part in entry.split(","):
+            key, _, value = part.strip().partition("=")
+            if key in ("md5", "crc32c") and value:
+                hashes[key] = _b64hex(value)
+    if "Content-MD5" in h and "md5" not in hashes:
+        hashes["md5"] = _b64hex(h["Content-MD5"])
+    version = h.get("x-goog-generation") or h.get("x-amz-version-id")
+    source = "gcp" if "x-goog-generation" in h else "aws" if "x-amz-request-id" in h else "web"
+    etag = h.get("ETag", "").removeprefix("W/").strip('"') or None
+    return SourceObject(source=source, size=size, etag=etag,
+                        last_modified=h.get("Last-Modified"),
+                        version=None if version in (None, "", "null") else version,
+                        md5=hashes.get("md5"), crc32c=hashes.get("crc32c"))
+
+
+def _status_error(status: int, retry_after: str | None) -> SourceError:
+    try:
+        reason = HTTPStatus(status).phrase
+    except ValueError:
+        reason = "Unknown"
+    delay = None
+    if retry_after and retry_after.strip().isdigit():
+        delay = float(retry_after)
+    return SourceError(f"request failed with {status} status code ({reason})",
+                       transient=status in TRANSIENT_STATUS or status >= 500, retry_after=delay)
+
+
+def _translate(exc: BaseException, link: str) -> SourceError:
+    if isinstance(exc, asyncio.TimeoutError | aiohttp.ServerTimeoutError):
+        return SourceError("request timed out (timeout exceeded)", transient=True)
+    cause = getattr(exc, "os_error", None) or exc.__cause__
+    if isinstance(exc, EgressBlocked) or isinstance(cause, EgressBlocked):
+        return SourceError(f"dload: {cause or exc}", transient=False)
+    if isinstance(exc, aiohttp.ClientConnectorDNSError):
+        host = urlsplit(link).hostname
+        return SourceError(f"cannot resolve host {host!r}", transient=False)
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return SourceError(f"cannot connect to {exc.host}:{exc.port}: {exc.strerror or exc}",
+                           transient=True)
+    if isinstance(exc, aiohttp.ClientPayloadError | aiohttp.ServerDisconnectedError):
+        return SourceError(f"connection lost while reading the body: {exc}", transient=True)
+    if isinstance(exc, aiohttp.InvalidURL):
+        return SourceError(f"invalid link {link!r}", transient=False)
+    return SourceError(f"request failed: {exc}", transient=True)
+
+
+class HttpSource:
+    """Reads http(s) links through the node's shared session (one connection pool)."""
+
+    def __init__(self, session: aiohttp.ClientSession, allow_private: bool) -> None:
+        self.session = session
+        self.allow_private = allow_private
+
+    @contextlib.asynccontextmanager
+    async def open(self, link: str, *, start: int = 0, if_range: str | None = None,
+                   stored: SourceObject | None = None, headers: dict[str, list[str]] | None = None,
+                   timeout: float | None = None) -> AsyncIterator[HttpRead]:
+        req: list[tuple[str, str]] = [(k, v) for k, vs in (headers or {}).items() for v in vs]
+        if start and if_range:
+            req += [("Range", f"bytes={start}-"), ("If-Range", if_range)]
+        elif stored is not None:
+            if stored.etag:
+                req.append(("If-None-Match", f'"{stored.etag}"'))
+            if stored.last_modified:
+                req.append(("If-Modified-Since", stored.last_modified))
+        host = urlsplit(link).hostname or ""
+        t = aiohttp.ClientTimeout(total=None, connect=timeout, sock_connect=timeout,
+                                  sock_read=timeout)
+        try:
+            if is_ip_literal(host):
+                check_address(host.strip("[]"), self.allow_private)
+            resp = await self.session.get(link, headers=req, timeout=t, allow_redirects=True,
+                                          auto_decompress=False)
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            raise _translate(exc, link) from exc
+        try:
+            if resp.status == 304 and stored is not None:
+                yield HttpRead(stored, 0, True, None)
+                return
+            if resp.status >= 400:
+                raise _status_error(resp.status, resp.headers.get("Retry-After"))
+            offset = start if resp.status == 206 else 0
+            if resp.status == 206 and not resp.headers.get(
+                    "Content-Range", "").startswith(f"bytes {start}-"):
+                raise SourceError("the source answered a different range", transient=True)
+            yield HttpRead(validators(resp, link), offset, False, resp)
+        finally:
+            resp.release()

@@ -1,0 +1,485 @@
+"""Buckets and objects on mountpaths, with their metadata in the node's SQLite catalog.
+
+Object bytes live at `<mountpath>/<provider>/<bucket>/<name>` so a dataset can be read straight
+from disk. Bytes first land in a work file (`<mountpath>/.work/<tag>/...`, same filesystem) and
+are renamed into place in the same database transaction that records them, so nothing partial is
+ever visible and the catalog never names a file that is not there.
+
+Every rename, unlink and catalog write runs on the database thread (`Database.run`), which also
+serializes them: creating `a/b` cannot race with pruning the empty directory `a`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import functools
+import hashlib
+import json
+import os
+import secrets
+import shutil
+import sqlite3
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import xxhash
+
+from aisdl.db import Database
+from aisdl.errors import BadRequest, Conflict, NotFound
+from aisdl.models import Bucket, ObjectAttrs
+from aisdl.store.paths import check_object_name
+from aisdl.store.props import Props, default_props, merge_props, with_defaults
+
+T = TypeVar("T")
+
+WORK_DIR = ".work"
+PUT_TAG = "put"
+TRASH_TAG = "trash"
+_WRITE_BUFFER = 1 << 20  # hand the disk 1 MiB at a time: one executor hop per MiB, not per chunk
+_LOOKUP_BATCH = 500
+_COLUMNS = "name, size, version, cksum_type, cksum, atime, custom"
+
+
+def bucket_not_found(bck: Bucket) -> NotFound:
+    """The 404 AIS sends for a missing bucket (the SDK picks its exception from this text)."""
+    if bck.is_remote:
+        return NotFound(f'{bck.provider} bucket "{bck.cname}" does not exist',
+                        tcode="ErrRemoteBckNotFound")
+    return NotFound(f'bucket "{bck.cname}" does not exist', tcode="ErrBckNotFound")
+
+
+def _row_to_attrs(row: sqlite3.Row) -> ObjectAttrs:
+    return ObjectAttrs(
+        name=row["name"], size=row["size"], version=row["version"],
+        cksum_type=row["cksum_type"], cksum=row["cksum"], atime_ns=row["atime"],
+        custom=json.loads(row["custom"]),
+    )
+
+
+class Store:
+    """Buckets, objects and work files of one node."""
+
+    def __init__(self, db: Database, mountpaths: list[Path], node_id: str) -> None:
+        if not mountpaths:
+            raise ValueError("a store needs at least one mountpath")
+        self.db = db
+        self.mountpaths = [Path(p) for p in mountpaths]
+        self.node_id = node_id
+        for mp in self.mountpaths:
+            mp.mkdir(parents=True, exist_ok=True)
+        self._seeds = [xxhash.xxh64_intdigest(str(mp).encode()) for mp in self.mountpaths]
+        # Bucket props, mirrored from the catalog; changed only on the database thread.
+        self._buckets: dict[Bucket, Props] = db.run_sync(self._load_buckets)
+
+    @staticmethod
+    def _load_buckets(conn: sqlite3.Connection) -> dict[Bucket, Props]:
+        rows = conn.execute("SELECT provider, name, props FROM buckets").fetchall()
+        return {Bucket(r["provider"], r["name"]): json.loads(r["props"]) for r in rows}
+
+    # -- paths ---------------------------------------------------------------------------------
+    def mountpath(self, bck: Bucket, name: str) -> Path:
+        """The mountpath of an object: highest rendezvous (HRW) hash of `provider/bucket/name`."""
+        if len(self.mountpaths) == 1:
+            return self.mountpaths[0]
+        key = f"{bck.provider}/{bck.name}/{name}".encode()
+        best = max(range(len(self.mountpaths)),
+                   key=lambda i: xxhash.xxh64_intdigest(key, seed=self._seeds[i]))
+        return self.mountpaths[best]
+
+    def object_path(self, bck: Bucket, name: str) -> Path:
+        return self.mountpath(bck, name) / bck.provider / bck.name / check_object_name(name)
+
+    def work_path(self, bck: Bucket, name: str, tag: str) -> Path:
+        """The work file of (tag, bucket, object): same mountpath, so the commit is a rename."""
+        digest = hashlib.sha1(f"{bck.provider}/{bck.name}/{name}".encode()).hexdigest()
+        parent = self.mountpath(bck, name) / WORK_DIR / tag
+        parent.mkdir(parents=True, exist_ok=True)
+        return parent / digest
+
+    def clean_work(self, keep_tags: set[str]) -> None:
+        """Start-up: drop work files of jobs that no longer exist, of PUTs, and the trash."""
+        for mp in self.mountpaths:
+            work = mp / WORK_DIR
+            if not work.is_dir():
+                continue
+            for child in work.iterdir():
+                if child.name in keep_tags and child.name not in (PUT_TAG, TRASH_TAG):
+                    continue
+                if child.is_dir() and not child.is_symlink():
+                    shutil.rmtree(child, ignore_errors=True)
+                else:
+                    child.unlink(missing_ok=True)
+
+    # -- buckets -------------------------------------------------------------------------------
+    def has_bucket(self, bck: Bucket) -> bool:
+        return bck in self._buckets
+
+    def require_bucket(self, bck: Bucket) -> Props:
+        """The bucket's stored props, or the AIS 404 for a missing bucket."""
+        props = self._buckets.get(bck)
+        if props is None:
+            raise bucket_not_found(bck)
+        return props
+
+    async def create_bucket(self, bck: Bucket, props: dict[str, Any] | None = None) -> None:
+        def create(conn: sqlite3.Connection) -> None:
+            if bck in self._buckets:
+                raise Conflict(f'bucket "{bck.cname}" already exists',
+                               tcode="ErrBucketAlreadyExists")
+            self._insert_bucket(conn, bck, props)
+
+        await self.db.run(create)
+
+    async def ensure_bucket(self, bck: Bucket) -> bool:
+        """Create the bucket unless it exists; True if this call created it."""
+        def ensure(conn: sqlite3.Connection) -> bool:
+            if bck in self._buckets:
+                return False
+            self._insert_bucket(conn, bck, None)
+            return True
+
+        if bck in self._buckets:
+            return False
+        return await self.db.run(ensure)
+
+    def _insert_bucket(self, conn: sqlite3.Connection, bck: Bucket,
+                       initial: dict[str, Any] | None) -> None:
+        created = time.time_ns()
+        bid = (1 << 40) + len(self._buckets) + 1
+        props = default_props(bck, created, bid)
+        if initial:
+            props = merge_props(bck, props, initial)
+        conn.execute("INSERT INTO buckets (provider, name, props, created) VALUES (?, ?, ?, ?)",
+                     (bck.provider, bck.name, json.dumps(props), created))
+        self._buckets[bck] = props
+
+    async def destroy_bucket(self, bck: Bucket) -> None:
+        """Forget the bucket and its objects; the bytes go to the trash, removed off the loop."""
+        def destroy(conn: sqlite3.Connection) -> list[Path]:
+            self.require_bucket(bck)
+            conn.execute("DELETE FROM objects WHERE provider = ? AND bucket = ?",
+                         (bck.provider, bck.name))
+            conn.execute("DELETE FROM buckets WHERE provider = ? AND name = ?",
+                         (bck.provider, bck.name))
+            del self._buckets[bck]
+            return self._trash_bucket_dirs(bck)
+
+        trashed = await self.db.run(destroy)
+        await self._in_executor(functools.partial(_remove_trees, trashed))
+
+    def _trash_bucket_dirs(self, bck: Bucket) -> list[Path]:
+        """Rename the bucket's directories away (instant), so a new bucket of the same name
+        starts empty while the old bytes are still being deleted."""
+        trashed = []
+        for mp in self.mountpaths:
+            src = mp / bck.provider / bck.name
+            if not src.exists():
+                continue
+            dst = mp / WORK_DIR / TRASH_TAG / secrets.token_hex(8)
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(src, dst)
+            trashed.append(dst)
+        return trashed
+
+    async def list_buckets(self, provider: str = "") -> list[Bucket]:
+        return sorted(b for b in self._buckets if not provider or b.provider == provider)
+
+    async def bucket_props(self, bck: Bucket) -> dict[str, Any]:
+        return self._full_props(bck, self.require_bucket(bck))
+
+    def _full_props(self, bck: Bucket, stored: Props) -> Props:
+        return with_defaults(stored, default_props(bck, 0, 0))
+
+    async def set_bucket_props(
+        self, bck: Bucket, partial: dict[str, Any]
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Apply a partial props update; returns (old, new) full props."""
+        def update(conn: sqlite3.Connection) -> tuple[Props, Props]:
+            old = self._full_props(bck, self.require_bucket(bck))
+            new = merge_props(bck, old, partial)
+            self._save_props(conn, bck, new)
+            return old, new
+
+        return await self.db.run(update)
+
+    async def reset_bucket_props(self, bck: Bucket) -> None:
+        """Back to the defaults; creation time, id and backend bucket are kept."""
+        def reset(conn: sqlite3.Connection) -> None:
+            old = self.require_bucket(bck)
+            new = default_props(bck, int(old["created"]), int(old["bid"]))
+            new["backend_bck"] = old["backend_bck"]
+            self._save_props(conn, bck, new)
+
+        await self.db.run(reset)
+
+    def _save_props(self, conn: sqlite3.Connection, bck: Bucket, props: Props) -> None:
+        conn.execute("UPDATE buckets SET props = ? WHERE provider = ? AND name = ?",
+                     (json.dumps(props), bck.provider, bck.name))
+        self._buckets[bck] = props
+
+    # -- objects: reads ------------------------------------------------------------------------
+    def object_not_found(self, bck: Bucket, name: str) -> NotFound:
+        return NotFound(f"t[{self.node_id}]: {bck.cname}/{name} does not exist",
+                        tcode="ErrNotFound")
+
+    async def lookup(self, bck: Bucket, name: str) -> ObjectAttrs | None:
+        self.require_bucket(bck)
+
+        def get(conn: sqlite3.Connection) -> ObjectAttrs | None:
+            row = conn.execute(
+                f"SELECT {_COLUMNS} FROM objects WHERE provider = ? AND bucket = ? AND name = ?",
+                (bck.provider, bck.name, name)).fetchone()
+            return _row_to_attrs(row) if row else None
+
+        return await self.db.run(get)
+
+    async def lookup_many(self, bck: Bucket, names: list[str]) -> dict[str, ObjectAttrs]:
+        """The stored attributes of those of `names` that exist (one transaction)."""
+        self.require_bucket(bck)
+
+        def get(conn: sqlite3.Connection) -> dict[str, ObjectAttrs]:
+            found: dict[str, ObjectAttrs] = {}
+            for i in range(0, len(names), _LOOKUP_BATCH):
+                batch = names[i:i + _LOOKUP_BATCH]
+                marks = ",".join("?" * len(batch))
+                rows = conn.execute(
+                    f"SELECT {_COLUMNS} FROM objects WHERE provider = ? AND bucket = ?"
+                    f" AND name IN ({marks})", (bck.provider, bck.name, *batch))
+                found.update((r["name"], _row_to_attrs(r)) for r in rows)
+            return found
+
+        return await self.db.run(get) if names else {}
+
+    async def list_objects(self, bck: Bucket, prefix: str, start_after: str,
+                           limit: int) -> list[ObjectAttrs]:
+        """Up to `limit` objects named `prefix...` and greater than `start_after`, by name."""
+        self.require_bucket(bck)
+        sql = (f"SELECT {_COLUMNS} FROM objects WHERE provider = ? AND bucket = ?"
+               " AND name > ? AND name >= ?")
+        args: list[Any] = [bck.provider, bck.name, start_after, prefix]
+        upper = _prefix_upper_bound(prefix)
+        if upper is not None:
+            sql += " AND name < ?"
+            args.append(upper)
+        sql += " ORDER BY name LIMIT ?"
+        args.append(limit)
+
+        def query(conn: sqlite3.Connection) -> list[ObjectAttrs]:
+            return [_row_to_attrs(r) for r in conn.execute(sql, args)]
+
+        return await self.db.run(query)
+
+    # -- objects: writes -----------------------------------------------------------------------
+    def commit_in_txn(self, conn: sqlite3.Connection, bck: Bucket, name: str, work: Path,
+                      size: int, cksum: str, custom: dict[str, str],
+                      atime_ns: int) -> ObjectAttrs:
+        """Record the object and rename its work file into place, inside the caller's
+        transaction (on the database thread). On error the work file stays for the caller."""
+        props = self.require_bucket(bck)
+        row = conn.execute(
+            "SELECT version FROM objects WHERE provider = ? AND bucket = ? AND name = ?",
+            (bck.provider, bck.name, name)).fetchone()
+        if row is None:
+            _check_no_dir_clash(conn, bck, name)
+        attrs = ObjectAttrs(name=name, size=size, version=_next_version(row, props),
+                            cksum_type="xxhash2", cksum=cksum, atime_ns=atime_ns,
+                            custom=dict(custom))
+        self._upsert(conn, bck, attrs)
+        # Catalog first, rename last: if the rename fails the transaction rolls back.
+        self._place(bck, name, work)
+        return attrs
+
+    def _upsert(self, conn: sqlite3.Connection, bck: Bucket, a: ObjectAttrs) -> None:
+        conn.execute(
+            "INSERT OR REPLACE INTO objects (provider, bucket, name, size, version, cksum_type,"
+            " cksum, atime, custom) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (bck.provider, bck.name, a.name, a.size, a.version, a.cksum_type, a.cksum,
+             a.atime_ns, json.dumps(a.custom)))
+
+    def _place(self, bck: Bucket, name: str, work: Path) -> None:
+        final = self.object_path(bck, name)
+        try:
+            final.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                os.replace(work, final)
+            except IsADirectoryError:
+                final.rmdir()  # an empty directory left by a manual delete: take its place
+                os.replace(work, final)
+        except (FileExistsError, NotADirectoryError) as exc:
+            raise Conflict(f"cannot store {bck.cname}/{name}: a parent of it is an object in"
+                           " the bucket (an object cannot also be a directory)") from exc
+        except OSError as exc:
+            if exc.errno in (errno.ENOTEMPTY, errno.EEXIST, errno.EISDIR):
+                raise Conflict(f"cannot store {bck.cname}/{name}: other objects are named"
+                               f" {name}/... (an object cannot also be a directory)") from exc
+            if exc.errno == errno.ENAMETOOLONG:
+                raise BadRequest(f'invalid object name "{name}": too long') from exc
+            raise
+
+    async def put_object(
+        self, bck: Bucket, name: str, chunks: AsyncIterator[bytes],
+        custom: dict[str, str] | None = None, expected_size: int | None = None,
+        cksum: tuple[str, str] | None = None,
+    ) -> ObjectAttrs:
+        """Store a user's upload. The custom metadata becomes exactly `custom` (a PUT replaces
+        the source validators a download recorded). `cksum` = (type, value) to verify."""
+        check_object_name(name)
+        self.require_bucket(bck)
+        base = await self._in_executor(functools.partial(self.work_path, bck, name, PUT_TAG))
+        work = base.with_name(f"{base.name}.{secrets.token_hex(6)}")  # concurrent PUTs
+        committed = False
+        try:
+            size, digest = await self._receive(work, chunks)
+            if expected_size is not None and size != expected_size:
+                raise BadRequest(f"{bck.cname}/{name}: received {size} of {expected_size}"
+                                 " bytes; nothing stored")
+            await self._in_executor(
+                functools.partial(_verify_checksum, cksum, digest.hexdigest(), work))
+            now = time.time_ns()
+            attrs = await self.db.run(lambda conn: self.commit_in_txn(
+                conn, bck, name, work, size, digest.hexdigest(), custom or {}, now))
+            committed = True
+            return attrs
+        finally:
+            if not committed:
+                await self._in_executor(lambda: work.unlink(missing_ok=True))
+
+    async def _receive(self, work: Path,
+                       chunks: AsyncIterator[bytes]) -> tuple[int, xxhash.xxh64]:
+        """Write the chunks to `work`, hashing as they go; the disk is touched off the loop."""
+        digest = xxhash.xxh64()
+        f = await self._in_executor(lambda: open(work, "wb"))  # noqa: SIM115
+
+        def flush(data: bytes) -> None:
+            f.write(data)
+            digest.update(data)
+
+        size, buf = 0, bytearray()
+        try:
+            async for chunk in chunks:
+                size += len(chunk)
+                buf += chunk
+                if len(buf) >= _WRITE_BUFFER:
+                    data, buf = bytes(buf), bytearray()
+                    await self._in_executor(functools.partial(flush, data))
+            await self._in_executor(lambda: flush(bytes(buf)))
+        finally:
+            await self._in_executor(f.close)
+        return size, digest
+
+    async def update_custom(self, bck: Bucket, name: str, value: dict[str, str],
+                            replace: bool) -> ObjectAttrs:
+        """Merge (or with `replace`, set) the object's custom metadata."""
+        self.require_bucket(bck)
+
+        def update(conn: sqlite3.Connection) -> ObjectAttrs:
+            row = conn.execute(
+                f"SELECT {_COLUMNS} FROM objects WHERE provider = ? AND bucket = ? AND name = ?",
+                (bck.provider, bck.name, name)).fetchone()
+            if row is None:
+                raise self.object_not_found(bck, name)
+            attrs = _row_to_attrs(row)
+            attrs.custom = dict(value) if replace else {**attrs.custom, **value}
+            self._upsert(conn, bck, attrs)
+            return attrs
+
+        return await self.db.run(update)
+
+    async def delete_object(self, bck: Bucket, name: str) -> None:
+        self.require_bucket(bck)
+
+        def delete(conn: sqlite3.Connection) -> None:
+            cur = conn.execute(
+                "DELETE FROM objects WHERE provider = ? AND bucket = ? AND name = ?",
+                (bck.provider, bck.name, name))
+            if cur.rowcount == 0:
+                raise NotFound(f"{bck.cname}/{name} doesn't exist")
+            self._remove_file(bck, name)
+
+        await self.db.run(delete)
+
+    def _remove_file(self, bck: Bucket, name: str) -> None:
+        """Unlink an object's file and prune the directories it leaves empty, so the names of
+        those directories are free for objects again."""
+        path = self.object_path(bck, name)
+        path.unlink(missing_ok=True)
+        top = path.parents[len(Path(name).parts) - 1]  # the bucket directory
+        parent = path.parent
+        while parent != top:
+            try:
+                parent.rmdir()
+            except OSError:
+                break
+            parent = parent.parent
+
+    async def _in_executor(self, fn: Callable[[], T]) -> T:
+        return await asyncio.get_running_loop().run_in_executor(None, fn)
+
+
+def _check_no_dir_clash(conn: sqlite3.Connection, bck: Bucket, name: str) -> None:
+    """An object cannot also be a directory of other objects (the bytes mirror the names on
+    disk). Checked in the catalog, so the answer does not depend on which mountpaths the
+    names hash to."""
+    parts = name.split("/")
+    parents = ["/".join(parts[:i]) for i in range(1, len(parts))]
+    if parents:
+        marks = ",".join("?" * len(parents))
+        clash = conn.execute(
+            f"SELECT name FROM objects WHERE provider = ? AND bucket = ? AND name IN ({marks})"
+            " LIMIT 1", (bck.provider, bck.name, *parents)).fetchone()
+        if clash:
+            raise Conflict(f"cannot store {bck.cname}/{name}: {bck.cname}/{clash['name']} is"
+                           " an object, so it cannot also be a directory")
+    child = conn.execute(
+        "SELECT name FROM objects WHERE provider = ? AND bucket = ? AND name > ? AND name < ?"
+        " LIMIT 1", (bck.provider, bck.name, name + "/", name + "0")).fetchone()
+    if child:
+        raise Conflict(f"cannot store {bck.cname}/{name}: it is a directory of other objects"
+                       f" (e.g. {bck.cname}/{child['name']})")
+
+
+def _next_version(row: sqlite3.Row | None, props: Props) -> str:
+    """`1` for a new object, previous + 1 on overwrite; empty when versioning is off."""
+    if not props.get("versioning", {}).get("enabled", True):
+        return ""
+    if row is None or not str(row["version"]).isdigit():
+        return "1"
+    return str(int(row["version"]) + 1)
+
+
+def _verify_checksum(cksum: tuple[str, str] | None, xxh64: str, work: Path) -> None:
+    """Check a client-given checksum; only the XXH64 we compute anyway and none are known."""
+    if cksum is None or cksum[0] in ("", "none"):
+        return
+    kind, value = cksum[0].lower(), cksum[1].lower()
+    if kind in ("xxhash", "xxhash2"):
+        actual = xxh64
+    elif kind in ("md5", "sha256", "sha512"):
+        with open(work, "rb") as f:
+            actual = hashlib.file_digest(f, kind).hexdigest()
+    else:
+        raise BadRequest(f"unsupported checksum type {cksum[0]!r} for a PUT")
+    if actual != value:
+        raise BadRequest(f"checksum mismatch: {kind} of the received bytes is {actual},"
+                         f" the request said {value}; nothing stored")
+
+
+def _prefix_upper_bound(prefix: str) -> str | None:
+    """The smallest string greater than every string that starts with `prefix` (None: no
+    bound), so a prefix listing is an index range scan that stops at the prefix's end."""
+    chars = list(prefix)
+    while chars:
+        nxt = ord(chars.pop()) + 1
+        if 0xD800 <= nxt < 0xE000:
+            nxt = 0xE000  # skip surrogates: they are not characters and cannot be stored
+        if nxt <= 0x10FFFF:
+            return "".join(chars) + chr(nxt)
+    return None
+
+
+def _remove_trees(paths: list[Path]) -> None:
+    for path in paths:
+        shutil.rmtree(path, ignore_errors=True)

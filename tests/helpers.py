@@ -1,0 +1,64 @@
+"""Small helpers shared by the end-to-end tests (importable as `helpers` from tests)."""
+
+from __future__ import annotations
+
+import socket
+import time
+from typing import Any
+
+from aisdl.client import Client, NodeUnreachable
+
+__all__ = ["free_port", "is_finished", "wait_job"]
+
+_UNSET_TIMES = ("", "0", "1970-01-01T00:00:00Z", "0001-01-01T00:00:00Z")
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def is_finished(status: dict[str, Any]) -> bool:
+    """Whether a download status has a real `finished_time` (not empty / the epoch)."""
+    t = status.get("finished_time")
+    if not t:
+        return False
+    t = str(t)
+    return t not in _UNSET_TIMES and not t.startswith(("1970-01-01T00:00:00", "0001-01-01"))
+
+
+def _client(target: Any) -> Client:
+    if isinstance(target, Client):
+        return target
+    if isinstance(target, str):
+        return Client(target)
+    endpoint = getattr(target, "endpoint", None)  # a Node, or the `ais` fixture
+    if endpoint is None:
+        raise TypeError(f"wait_job: need a Client, an endpoint or an object with .endpoint, "
+                        f"not {target!r}")
+    return Client(endpoint)
+
+
+def wait_job(ais_or_client: Any, job_id: str, timeout: float = 30.0,
+             interval: float = 0.1) -> dict[str, Any]:
+    """Poll the job's status until its `finished_time` is set; return that final status.
+
+    `ais_or_client`: an `aisdl.client.Client`, an endpoint URL, a `Node` or the `ais` fixture.
+    A node that does not answer for a moment (restarting) is waited for, up to `timeout`."""
+    client = _client(ais_or_client)
+    deadline = time.monotonic() + timeout
+    last: dict[str, Any] | str = "no answer yet"
+    while True:
+        try:
+            status = client.download_status(job_id)
+            if is_finished(status):
+                return status
+            last = status
+        except NodeUnreachable as exc:
+            last = f"node unreachable: {exc}"
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"job {job_id} did not finish in {timeout}s; last status: {last}")
+        time.sleep(interval)
