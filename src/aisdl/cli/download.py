@@ -114,10 +114,11 @@ def start_download(obj: CliContext, args: tuple[str, ...], description: str,
                 limits={"connections": max_conns, "bytes_per_hour": limit_bph or 0},
                 progress_interval=f"{progress_interval}s")
     client = obj.client
-    if not client.bucket_exists(dest.bucket):
+    existed = client.bucket_exists(dest.bucket)
+    job_id = client.start_download(body)
+    if not existed:
         click.echo(f"Warning: destination bucket {dest.bucket.cname} doesn't exist. Bucket with"
                    " default properties will be created.", err=True)
-    job_id = client.start_download(body)
     click.echo(job_id)
     if progress:
         _finish(show_progress(client, job_id, progress_interval), bars=True)

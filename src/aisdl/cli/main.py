@@ -46,8 +46,9 @@ def main() -> None:
         click.echo("Aborted.", err=True)
         sys.exit(1)
     except click.ClickException as exc:
-        exc.show()
-        sys.exit(exc.exit_code)
+        # One line, exit 1, for every bad input; `--help` has the usage.
+        click.echo(f"Error: {exc.format_message()}", err=True)
+        sys.exit(1)
     except AisdlError as exc:
         click.echo(f"Error: {exc.message}", err=True)
         sys.exit(1)
