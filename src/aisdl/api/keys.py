@@ -7,10 +7,13 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 if TYPE_CHECKING:
-    pass
+    from aisdl.config import NodeConfig
+    from aisdl.db import Database
+    from aisdl.jobs.manager import JobManager
+    from aisdl.store.store import Store
 
-CONFIG = web.AppKey("config", "NodeConfig")
-DB = web.AppKey("db", "Database")
-STORE = web.AppKey("store", "Store")
-JOBS = web.AppKey("jobs", "JobManager")
+CONFIG: web.AppKey[NodeConfig] = web.AppKey("config")
+DB: web.AppKey[Database] = web.AppKey("db")
+STORE: web.AppKey[Store] = web.AppKey("store")
+JOBS: web.AppKey[JobManager] = web.AppKey("jobs")
 NODE_ID = web.AppKey("node_id", str)

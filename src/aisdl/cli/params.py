@@ -153,7 +153,7 @@ def _json_type(value: Any) -> str:
     return kinds.get(type(value), type(value).__name__)
 
 
-class DurationType(click.ParamType):
+class DurationType(click.ParamType):  # type: ignore[type-arg]  # generic only in stubs
     """`500ms`, `10s`, `1m30s` or bare seconds → seconds (float)."""
 
     name = "duration"
@@ -168,7 +168,7 @@ class DurationType(click.ParamType):
             self.fail(e.message, param, ctx)
 
 
-class SizeType(click.ParamType):
+class SizeType(click.ParamType):  # type: ignore[type-arg]
     """`1GiB`, `500MB` or plain bytes → bytes (int)."""
 
     name = "size"
