@@ -110,8 +110,12 @@ def test_progress_bars_then_result(origin, ais):
         origin.add(f"/p/f{i}.bin", payload(str(i), 300_000))
         origin.fault(f"/p/f{i}.bin", "slow", rate=400_000)
     out = ais("start", "download", origin.url_for("/p/") + "f{0..2}.bin", "ais://b/p/",
-              "--progress", "--progress-interval", "200ms").stdout
-    assert "Files downloaded:" in out and "3/3" in out
+              "--progress", "--progress-interval", "200ms", env={"TTY_COMPATIBLE": "1"}).stdout
+    screen = re.sub(r"\x1b\[[0-9;?]*[a-zA-Z]", "", out).replace("\r", "\n")
+    assert re.search(r"Files downloaded:\s+0/3 ", screen)
+    # one bar per file in flight: name, downloaded/total, percentage, ETA, speed
+    assert re.search(r"p/f\d\.bin\s+[\d.]+/293\.0 KiB .* \d+% \d:\d\d:\d\d [\d.]+KiB/s", screen)
+    assert re.search(r"Files downloaded:\s+3/3 .* 100%", screen)
     assert out.strip().endswith("All files successfully downloaded.")
 
 

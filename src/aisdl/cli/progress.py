@@ -17,12 +17,12 @@ from rich.progress import (
     TaskProgressColumn,
     TextColumn,
     TimeRemainingColumn,
-    TransferSpeedColumn,
 )
 from rich.text import Text
 
 from aisdl.cli.jobview import display_total, done_count, is_finished
 from aisdl.client import Client
+from aisdl.units import iec
 
 
 class AmountColumn(ProgressColumn):
@@ -50,10 +50,18 @@ class FileOnly(ProgressColumn):
         return rendered if isinstance(rendered, Text) else Text(str(rendered))
 
 
+class SpeedColumn(ProgressColumn):
+    """Speed in binary units, as the rest of the CLI prints sizes (`1.4MiB/s`)."""
+
+    def render(self, task: Task) -> Text:
+        speed = task.finished_speed or task.speed
+        return Text("" if speed is None else f"{iec(speed, 1)}/s")
+
+
 def _bars(console: Console) -> Progress:
     return Progress(
         TextColumn("{task.description}"), AmountColumn(), BarColumn(bar_width=None),
-        TaskProgressColumn(), FileOnly(TimeRemainingColumn()), FileOnly(TransferSpeedColumn()),
+        TaskProgressColumn(), FileOnly(TimeRemainingColumn()), FileOnly(SpeedColumn()),
         console=console, expand=True,
     )
 
