@@ -215,3 +215,57 @@ def test_limit_bph_throttles(origin, ais):
     ais("stop", job)
     wait_job(ais, job)
     assert "t.bin" not in ais("ls", "ais://b", "-H").stdout  # a stopped file leaves nothing
+
+
+def test_upstream_cli_e2e_minikube(origin, ais, tmp_path):
+    """Upstream CLI scenarios 31-35 (cmd/cli/test/download.in), against the local origin."""
+    for v in ("0.23.2", "0.23.3", "0.23.4", "0.25.0", "0.25.1"):
+        origin.add(f"/minikube/iso/minikube-v{v}.iso.sha256", payload(v, 65), gcs=True)
+    ais("bucket", "create", "ais://dl")
+    ais("job", "rm", "download", "--all")
+
+    def job_by_desc(desc: str) -> str:
+        rows = ais("show", "job", "download", f"--regex={desc}$", "--all").stdout.splitlines()
+        assert len(rows) == 2, rows
+        return rows[1].split()[0]
+
+    base = origin.url_for("/minikube")
+    ais("job", "start", "download", f"{base}/iso/minikube-v0.23.2.iso.sha256", "ais://dl",
+        "--desc=minikube")
+    job = job_by_desc("minikube")
+    assert ais("job", "wait", "download", job).returncode == 0
+    assert ais("show", "job", "download", job).stdout.strip() == "Done: 1 file downloaded"
+
+    ais("job", "start", "download", base + "/iso/minikube-v0.23.{2..4}.iso.sha256", "ais://dl",
+        "--desc=minikube-range")
+    job = job_by_desc("minikube-range")
+    ais("wait", "download", job)
+    assert ais("show", "job", "download", job).stdout.strip() == (
+        "Done: 3 files downloaded, skipped: 1")
+
+    names = tmp_path / "list.json"
+    names.write_text('["iso/minikube-v0.25.0.iso.sha256", "iso/minikube-v0.25.1.iso.sha256"]')
+    ais("job", "start", "download", base, "ais://dl", f"--object-list={names}",
+        "--desc=minikube-multi")
+    job = job_by_desc("minikube-multi")
+    ais("wait", job)
+    assert ais("show", "job", "download", job).stdout.strip() == "Done: 2 files downloaded"
+    assert len(ais("ls", "ais://dl", "-H").stdout.splitlines()) == 5
+
+
+def test_rm_all_finished_and_wait_timeout(origin, ais):
+    origin.add("/a", payload("a", 10))
+    origin.add("/slow", payload("s", 300_000))
+    origin.fault("/slow", "slow", rate=100_000)
+    done = _job_id(ais("start", "download", origin.url_for("/a"), "ais://b/a"))
+    wait_job(ais, done)
+    running = _job_id(ais("start", "download", origin.url_for("/slow"), "ais://b/slow"))
+    r = ais("wait", running, "--timeout", "300ms", "--refresh", "100ms", check=False)
+    assert r.returncode == 1
+    assert r.stderr.strip() == f"Error: timed out waiting for download job {running}"
+    assert ais("job", "rm", "download", "--all").stdout.strip() == (
+        f'Removed download job "{done}"')
+    ids = [line.split()[0] for line in ais("show", "job", "download", "-H").stdout.splitlines()]
+    assert ids == [running]
+    st = json.loads(ais("show", "job", "download", running, "--json").stdout)
+    assert st["id"] == running and st["total"] == 1
