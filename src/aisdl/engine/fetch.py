@@ -18,7 +18,7 @@ from aisdl.engine.limits import TokenBucket
 from aisdl.engine.retry import backoff_delay, should_retry
 from aisdl.errors import SourceError
 from aisdl.sources.base import SourceObject
-from aisdl.sources.http import HttpSource
+from aisdl.sources.registry import Sources
 
 log = logging.getLogger("aisdl.engine")
 CHUNK = 256 * 1024
@@ -59,8 +59,8 @@ def discard(work: Path) -> None:
 
 
 class Fetcher:
-    def __init__(self, source: HttpSource, policy: RetryPolicy) -> None:
-        self.source = source
+    def __init__(self, sources: Sources, policy: RetryPolicy) -> None:
+        self.sources = sources
         self.policy = policy
 
     async def fetch(self, req: FetchRequest, events: TaskEvents) -> Fetched:
@@ -82,7 +82,8 @@ class Fetcher:
 
     async def _attempt(self, req: FetchRequest, events: TaskEvents) -> Fetched:
         start, if_range = _resume_point(req.work)
-        async with self.source.open(req.link, start=start, if_range=if_range, stored=req.stored,
+        source = self.sources.for_link(req.link)
+        async with source.open(req.link, start=start, if_range=if_range, stored=req.stored,
                                     headers=req.headers, timeout=req.timeout) as obj:
             if obj.not_modified or (req.stored is not None and not start
                                     and req.stored.same_as(obj.meta)):

@@ -7,8 +7,9 @@ import logging
 import secrets
 import sqlite3
 import time
+from dataclasses import replace
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 
@@ -21,8 +22,13 @@ from aisdl.jobs import records
 from aisdl.jobs.records import Counters, Cursor
 from aisdl.jobs.request import JobSpec, check_regex
 from aisdl.jobs.run import JobRun
+from aisdl.models import Bucket
 from aisdl.sources.http import HttpSource
+from aisdl.sources.registry import Sources
 from aisdl.store.store import Store
+
+if TYPE_CHECKING:
+    from aisdl.sources.cloud import CloudSource
 
 log = logging.getLogger("aisdl.jobs")
 _ID_ALPHABET = "abcdefghijkmnopqrstuvwxyzABCDEFGHJKLMNPQRSTUVWXYZ23456789"
@@ -51,7 +57,8 @@ class JobManager:
             resolver=EgressResolver(allow_private), ttl_dns_cache=60)
         self._session = aiohttp.ClientSession(connector=connector, auto_decompress=False,
                                               trust_env=False)
-        self._fetcher = Fetcher(HttpSource(self._session, allow_private), self.config.retry)
+        sources = Sources(HttpSource(self._session, allow_private), self._cloud(allow_private))
+        self._fetcher = Fetcher(sources, self.config.retry)
         rows = await self.db.run(records.unfinished_jobs)
         await asyncio.get_running_loop().run_in_executor(
             None, self.store.clean_work, {r["id"] for r in rows})
@@ -61,10 +68,19 @@ class JobManager:
             if row["aborted"]:  # aborted just before a crash: finish the abort
                 await self.runs[row["id"]].abort()
 
+    def _cloud(self, allow_private: bool) -> CloudSource | None:
+        return None
+
+    @property
+    def cloud(self) -> CloudSource | None:
+        return self._fetcher.sources.cloud if self._fetcher else None
+
     async def close(self) -> None:
         await asyncio.gather(*(r.shutdown() for r in self.runs.values()))
         if self._session:
             await self._session.close()
+        if self.cloud is not None:
+            await self.cloud.aclose()
 
     def _launch(self, job_id: str, spec: JobSpec, row: sqlite3.Row | dict[str, Any]) -> JobRun:
         assert self._fetcher is not None
@@ -78,6 +94,8 @@ class JobManager:
 
     async def create(self, spec: JobSpec) -> str:
         await self.store.ensure_bucket(spec.bucket)
+        if spec.kind == "backend":
+            spec = replace(spec, source=await self._remote_of(spec.bucket))
         job_id, now, total = new_job_id(), time.time_ns(), spec.total
         await self.db.run(lambda c: records.insert_job(
             c, job_id, spec.to_json(), spec.description, total, now))
@@ -85,6 +103,19 @@ class JobManager:
                                     "cursor": "{}", "started": now})
         log.info("job %s started: %s", job_id, spec.description)
         return job_id
+
+    async def _remote_of(self, bucket: Bucket) -> Bucket:
+        """The remote bucket a backend job lists: the bucket itself when it is a cloud bucket,
+        else its `backend_bck`."""
+        if bucket.is_remote:
+            return bucket
+        backend = (await self.store.bucket_props(bucket)).get("backend_bck") or {}
+        if not backend.get("name"):
+            raise BadRequest(
+                f"bucket download requires a remote bucket: {bucket.cname} has no backend;"
+                f" connect it first, e.g. `ais bucket props set {bucket.cname}"
+                " backend_bck=gcp://BUCKET`")
+        return Bucket.of(backend["name"], backend["provider"])
 
     async def abort(self, job_id: str) -> None:
         run = self._live(job_id)
@@ -105,7 +136,10 @@ class JobManager:
 
     def _live(self, job_id: str) -> JobRun | None:
         run = self.runs.get(job_id)
-        return run if run is not None and not run.finished_ns else None
+        if run is not None and run.finished_ns:
+            del self.runs[job_id]  # finished: the database has it all
+            return None
+        return run
 
     @staticmethod
     def _not_found(job_id: str) -> NotFound:

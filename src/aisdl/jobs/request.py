@@ -13,11 +13,12 @@ from typing import Any
 from aisdl.errors import BadRequest
 from aisdl.jobs.template import RangeTemplate
 from aisdl.models import Bucket
+from aisdl.sources.base import SourceObject
 from aisdl.store.paths import normalize_object_name
 from aisdl.units import parse_duration
 
 KINDS = ("single", "multi", "range", "backend")
-FETCHABLE_SCHEMES = ("http", "https")
+FETCHABLE_SCHEMES = ("http", "https", "s3", "gs", "az")
 
 
 @dataclass(frozen=True)
@@ -25,6 +26,8 @@ class Item:
     index: int
     name: str
     link: str
+    listed: SourceObject | None = None  # validators from a bucket listing (backend jobs)
+    evict: bool = False                 # sync: the source no longer has it; drop our copy
 
 
 @dataclass(frozen=True)
@@ -44,17 +47,27 @@ class JobSpec:
     # range
     template: str = ""
     subdir: str = ""
+    # backend: every object of `source` (the destination's remote bucket) named prefix...suffix
+    source: Bucket | None = None
+    prefix: str = ""
+    suffix: str = ""
+    sync: bool = False
 
     @property
     def total(self) -> int:
+        """How many objects the job has; -1 when unknown until the listing ends (backend)."""
         if self.kind == "single":
             return 1
         if self.kind == "multi":
             return len(self.objects)
+        if self.kind == "backend":
+            return -1
         return len(RangeTemplate(self.template))
 
     def items(self, start: int = 0) -> Iterator[Item]:
         """Items from index `start` on, produced lazily (a range is never expanded in memory)."""
+        if self.kind == "backend":
+            raise ValueError("backend jobs list their items asynchronously (jobs.listing)")
         if self.kind == "single":
             if start == 0:
                 yield Item(0, self.object_name, self.link)
@@ -73,7 +86,9 @@ class JobSpec:
                                                 "bytes_per_hour": self.bytes_per_hour},
             "headers": self.headers, "link": self.link, "object_name": self.object_name,
             "objects": [list(p) for p in self.objects], "template": self.template,
-            "subdir": self.subdir,
+            "subdir": self.subdir, "prefix": self.prefix, "suffix": self.suffix,
+            "synchronize": self.sync,
+            "source": self.source.to_json() if self.source else None,
         }
         return json.dumps(body)
 
@@ -86,7 +101,10 @@ class JobSpec:
             connections=d["limits"]["connections"], bytes_per_hour=d["limits"]["bytes_per_hour"],
             headers=d["headers"], link=d["link"], object_name=d["object_name"],
             objects=tuple((n, lk) for n, lk in d["objects"]), template=d["template"],
-            subdir=d["subdir"],
+            subdir=d["subdir"], prefix=d.get("prefix", ""), suffix=d.get("suffix", ""),
+            sync=d.get("synchronize", False),
+            source=Bucket(d["source"]["provider"], d["source"]["name"]) if d.get("source")
+            else None,
         )
 
 
@@ -99,8 +117,8 @@ def check_link(link: str) -> str:
     link = with_scheme(link)
     scheme = link.split("://", 1)[0].lower()
     if scheme not in FETCHABLE_SCHEMES:
-        raise BadRequest(
-            f"invalid scheme: {scheme} (this node downloads http:// and https:// links)")
+        raise BadRequest(f"invalid scheme: {scheme} (this node downloads http(s)://, s3://,"
+                         " gs:// and az:// links)")
     return link
 
 
@@ -139,8 +157,7 @@ def parse_start_request(raw: bytes) -> JobSpec:
     elif kind == "range":
         spec = _range(body, base)
     else:
-        raise BadRequest("bucket download requires a remote bucket"
-                         " (cloud sources are not supported by this node yet)")
+        spec = _backend(body, base)
     return spec
 
 
@@ -219,6 +236,12 @@ def _range(body: dict[str, Any], base: dict[str, Any]) -> JobSpec:
         range_name(str(body.get("subdir") or ""), first)
     spec = JobSpec(template=template, subdir=str(body.get("subdir") or ""), **base)
     return _described(spec, f"{template} -> {spec.bucket.cname}")
+
+
+def _backend(body: dict[str, Any], base: dict[str, Any]) -> JobSpec:
+    spec = JobSpec(prefix=str(body.get("prefix") or ""), suffix=str(body.get("suffix") or ""),
+                   sync=bool(body.get("synchronize")), **base)
+    return _described(spec, f"remote bucket prefetch -> {spec.bucket.cname}")
 
 
 def _described(spec: JobSpec, auto: str) -> JobSpec:

@@ -8,6 +8,7 @@ import asyncio
 import logging
 import sqlite3
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,9 +17,11 @@ from aisdl.engine.fetch import Fetcher, FetchRequest, discard
 from aisdl.engine.limits import TokenBucket
 from aisdl.errors import AisdlError, SourceError
 from aisdl.jobs import records
+from aisdl.jobs.listing import backend_items, source_link
 from aisdl.jobs.records import Counters, Cursor, TaskInfo
 from aisdl.jobs.request import Item, JobSpec
 from aisdl.sources.base import SourceObject
+from aisdl.store.paths import check_object_name
 from aisdl.store.store import Store
 
 log = logging.getLogger("aisdl.jobs")
@@ -131,10 +134,20 @@ class JobRun:
             flusher.cancel()
 
     async def _produce(self, queue: asyncio.Queue[Item | None]) -> None:
-        for item in self.spec.items(start=self.cursor.low):
+        async for item in self._items():
             if not self.cursor.done(item.index):
                 await queue.put(item)
         self.all_dispatched = True
+
+    async def _items(self) -> AsyncIterator[Item]:
+        if self.spec.kind == "backend":
+            cloud = self.fetcher.sources.cloud
+            assert cloud is not None
+            async for item in backend_items(self.spec, cloud, self.store, self.cursor.low):
+                yield item
+        else:
+            for item in self.spec.items(start=self.cursor.low):
+                yield item
 
     async def _worker(self, queue: asyncio.Queue[Item | None]) -> None:
         while (item := await queue.get()) is not None:
@@ -157,14 +170,23 @@ class JobRun:
         return path.with_name(f"{path.name}.{item.index}")
 
     async def _download(self, item: Item, task: TaskState) -> Outcome:
+        bucket = self.spec.bucket
         try:
-            stored = await self.store.lookup(self.spec.bucket, item.name)
+            check_object_name(item.name)
+            if item.evict:
+                await self.store.delete_object(bucket, item.name)
+                return Outcome(item, task)
+            stored = await self.store.lookup(bucket, item.name)
             known = SourceObject.from_custom(stored.custom) if stored and stored.custom.get(
                 "source") else None
+            if known is not None and item.listed is not None and known.same_as(item.listed):
+                return Outcome(item, task, skipped=True)  # the listing proves it unchanged
             req = FetchRequest(link=item.link, work=self._work_path(item), stored=known,
                                headers=self.spec.headers, timeout=self.spec.timeout,
                                throttle=self._throttle)
             got = await self.fetcher.fetch(req, task)
+            if not got.unchanged and bucket.is_remote and self.spec.source != bucket:
+                await self._write_through(item, req.work)
         except SourceError as err:
             return Outcome(item, task, error=err.message)
         except AisdlError as err:
@@ -176,6 +198,18 @@ class JobRun:
             return Outcome(item, task, skipped=True)
         return Outcome(item, task, work=req.work, size=got.size, cksum=got.cksum,
                        custom=got.custom)
+
+    async def _write_through(self, item: Item, work: Path) -> None:
+        """A cloud bucket as the destination: the object goes to the cloud too."""
+        cloud = self.fetcher.sources.cloud
+        if cloud is None:
+            raise SourceError(f"cannot write to {self.spec.bucket.cname}: cloud access is not"
+                              " configured on this node", transient=False)
+        try:
+            await cloud.put(source_link(self.spec.bucket, item.name), work)
+        except SourceError:
+            discard(work)
+            raise
 
     # -- recording outcomes -----------------------------------------------------------------
     async def _flush_loop(self) -> None:
@@ -223,7 +257,7 @@ class JobRun:
 
     async def _finish(self) -> None:
         await self._flush()
-        self.finished_ns = time.time_ns()
-        finished, aborted, dispatched = self.finished_ns, self.aborted, self.all_dispatched
+        finished, aborted, dispatched = time.time_ns(), self.aborted, self.all_dispatched
         await asyncio.shield(self.db.run(
             lambda conn: records.mark_finished(conn, self.id, finished, aborted, dispatched)))
+        self.finished_ns = finished  # only now: status reads finished jobs from the database
