@@ -24,7 +24,7 @@ CASES = [
     (["start", "download", "http://h/x", "ais://b", "--max-conns", "-1"], "--max-conns"),
     (["start", "download", "http://h/x", "ais://b", "--timeout", "soon"], "invalid duration"),
     (["start", "download", "http://h/x", "ais://b", "--limit-bph", "lots"], "invalid size"),
-    (["start", "download", "http://h/x", "ais://b", "--sync"], "--sync needs a remote bucket"),
+    (["start", "download", "http://h/x", "ais://b", "--sync"], "--sync needs a cloud bucket"),
     (["show", "job", "download", "dnl-nope"], "download job dnl-nope does not exist"),
     (["wait", "dnl-nope"], "download job dnl-nope does not exist"),
     (["stop", "download", "dnl-nope"], "download job dnl-nope does not exist"),

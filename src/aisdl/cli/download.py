@@ -46,12 +46,27 @@ def _kind_and_id(args: tuple[str, ...], command: str, required: bool = True) -> 
 
 
 # -- start --------------------------------------------------------------------------------------
-def build_request(source: Source, dest: Dest, object_list: str | None) -> dict[str, Any]:
-    """The job the SOURCE/DEST pair describes (single, multi list or range)."""
-    if source.scheme not in ("http", "https", "ais"):
-        raise BadRequest(f"downloading from {source.scheme} buckets is not supported yet;"
-                         " use an http(s):// link or ais://HOST:PORT/BUCKET/OBJECT")
+def build_request(source: Source, dest: Dest, object_list: str | None, sync: bool,
+                  client: Client) -> dict[str, Any]:
+    """The job the SOURCE/DEST pair describes: multi (object list), range (template), backend
+    (a cloud bucket or prefix into a bucket backed by it), or single."""
     bucket = dest.bucket.to_json()
+    if source.bucket is not None and not object_list and not has_template(source.link):
+        if _is_backed_by(client, dest, source):
+            return {"type": "backend", "bucket": bucket, "prefix": source.prefix,
+                    "synchronize": sync}
+        if not source.prefix:
+            raise BadRequest(
+                f"cannot download the whole bucket {source.bucket.cname} into {dest.bucket.cname}:"
+                " it is only possible into a bucket whose backend is that bucket; run `ais bucket"
+                f" props set {dest.bucket.cname} backend_bck={source.bucket.cname}` first")
+        click.echo(f"Warning: {dest.bucket.cname} does not have Cloud bucket"
+                   f" {source.bucket.cname} as its *backend* - proceeding to download anyway.",
+                   err=True)
+    if sync:
+        raise BadRequest("--sync needs a cloud bucket (or prefix) as SOURCE and a DESTINATION"
+                         f" whose backend_bck is that bucket, e.g. `ais bucket props set"
+                         f" {dest.bucket.cname} backend_bck=gcp://BUCKET`")
     if object_list:
         entries = read_object_list(object_list)
         base = source.link.rstrip("/")
@@ -64,6 +79,18 @@ def build_request(source: Source, dest: Dest, object_list: str | None) -> dict[s
     if dest.has_trailing_slash:
         name = posixpath.join(dest.path, posixpath.basename(source.link.split("?")[0]))
     return {"type": "single", "bucket": bucket, "link": source.link, "object_name": name}
+
+
+def _is_backed_by(client: Client, dest: Dest, source: Source) -> bool:
+    """Does DEST list SOURCE's bucket: it is that bucket, or has it as `backend_bck`?"""
+    assert source.bucket is not None
+    if dest.bucket == source.bucket:
+        return True
+    if dest.bucket.is_remote or not client.bucket_exists(dest.bucket):
+        return False
+    backend = client.bucket_props(dest.bucket).get("backend_bck") or {}
+    return (backend.get("provider"), backend.get("name")) == (source.bucket.provider,
+                                                              source.bucket.name)
 
 
 @click.command("download")
@@ -105,15 +132,11 @@ def start_download(obj: CliContext, args: tuple[str, ...], description: str,
     if len(args) > 2:
         raise click.UsageError(f"too many arguments - expected 2, got {len(args)}.\n{RANGE_HINT}")
     source, dest = parse_source(args[0]), parse_dest(args[1])
-    if sync:
-        raise BadRequest("--sync needs a remote bucket as SOURCE (s3://, gs://, az://) and a"
-                         " DESTINATION whose backend_bck is that bucket; cloud sources are not"
-                         " supported yet")
-    body = build_request(source, dest, object_list)
+    client = obj.client
+    body = build_request(source, dest, object_list, sync, client)
     body.update(description=description, timeout=f"{timeout}s" if timeout else "",
                 limits={"connections": max_conns, "bytes_per_hour": limit_bph or 0},
                 progress_interval=f"{progress_interval}s")
-    client = obj.client
     existed = client.bucket_exists(dest.bucket)
     job_id = client.start_download(body)
     if not existed:
