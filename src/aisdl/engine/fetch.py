@@ -9,7 +9,7 @@ import hashlib
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import xxhash
 
@@ -22,6 +22,7 @@ from aisdl.sources.registry import Sources
 
 log = logging.getLogger("aisdl.engine")
 CHUNK = 256 * 1024
+SIDECAR_FROM = 4 << 20  # files this big keep their validator on disk for resume after a crash
 
 
 class TaskEvents(Protocol):
@@ -47,6 +48,7 @@ class FetchRequest:
     headers: dict[str, list[str]] = field(default_factory=dict)
     timeout: float | None = None
     throttle: TokenBucket | None = None
+    validator: str | None = None              # ETag or Last-Modified of the bytes in `work`
 
 
 def _sidecar(work: Path) -> Path:
@@ -81,32 +83,46 @@ class Fetcher:
                 await asyncio.sleep(delay)
 
     async def _attempt(self, req: FetchRequest, events: TaskEvents) -> Fetched:
-        start, if_range = _resume_point(req.work)
+        start, if_range = _resume_point(req)
         source = self.sources.for_link(req.link)
         async with source.open(req.link, start=start, if_range=if_range, stored=req.stored,
-                                    headers=req.headers, timeout=req.timeout) as obj:
+                               headers=req.headers, timeout=req.timeout) as obj:
             if obj.not_modified or (req.stored is not None and not start
                                     and req.stored.same_as(obj.meta)):
                 return Fetched(unchanged=True)
-            validator = obj.meta.etag and f'"{obj.meta.etag}"' or obj.meta.last_modified
-            if obj.offset == 0:
-                _sidecar(req.work).write_text(validator or "")
-            events.started(obj.offset, obj.meta.size)
-            chunk = req.throttle.chunk_size if req.throttle else CHUNK
-            with open(req.work, "r+b" if obj.offset else "wb") as f:
-                f.seek(obj.offset)
-                f.truncate()
-                async for data in obj.chunks(chunk):
-                    f.write(data)
-                    events.advanced(len(data))
-                    if req.throttle:
-                        req.throttle.charge(len(data))
-                        await req.throttle.wait_ready()
             meta = obj.meta
-        size, cksum = await asyncio.get_running_loop().run_in_executor(
-            None, _verify, req.work, meta)
+            if obj.offset == 0:
+                req.validator = meta.etag and f'"{meta.etag}"' or meta.last_modified
+                if meta.size is None or meta.size >= SIDECAR_FROM:
+                    # Worth resuming after a crash: keep the validator beside the bytes.
+                    _sidecar(req.work).write_text(req.validator or "")
+            events.started(obj.offset, meta.size)
+            digest = _Digest(meta) if obj.offset == 0 else None
+            await self._stream(req, obj, events, digest)
+        if digest is None:  # resumed: hash what is on disk
+            size, cksum = await asyncio.get_running_loop().run_in_executor(
+                None, _verify, req.work, meta)
+        else:
+            size, cksum = digest.check(req.work)
         _sidecar(req.work).unlink(missing_ok=True)
         return Fetched(unchanged=False, size=size, cksum=cksum, custom=meta.custom(req.link))
+
+    @staticmethod
+    async def _stream(req: FetchRequest, obj: Any, events: TaskEvents,
+                      digest: _Digest | None) -> None:
+        chunk = req.throttle.chunk_size if req.throttle else CHUNK
+        with open(req.work, "r+b" if obj.offset else "wb") as f:
+            if obj.offset:
+                f.seek(obj.offset)
+                f.truncate()
+            async for data in obj.chunks(chunk):
+                f.write(data)
+                if digest is not None:
+                    digest.update(data)
+                events.advanced(len(data))
+                if req.throttle:
+                    req.throttle.charge(len(data))
+                    await req.throttle.wait_ready()
 
 
 def _size(path: Path) -> int:
@@ -116,14 +132,35 @@ def _size(path: Path) -> int:
         return 0
 
 
-def _resume_point(work: Path) -> tuple[int, str | None]:
+def _resume_point(req: FetchRequest) -> tuple[int, str | None]:
     """Bytes already on disk and the validator to send as If-Range, or (0, None)."""
-    size = _size(work)
-    try:
-        validator = _sidecar(work).read_text()
-    except FileNotFoundError:
-        return 0, None
-    return (size, validator) if size and validator else (0, None)
+    size = _size(req.work)
+    if size and req.validator is None:
+        try:
+            req.validator = _sidecar(req.work).read_text() or None  # left by a previous run
+        except FileNotFoundError:
+            pass
+    return (size, req.validator) if size and req.validator else (0, None)
+
+
+class _Digest:
+    """Hashes computed while the bytes stream (no second read of the file)."""
+
+    def __init__(self, meta: SourceObject) -> None:
+        self.meta = meta
+        self.size = 0
+        self.xx = xxhash.xxh64()
+        self.md5 = hashlib.md5() if meta.md5 else None
+
+    def update(self, data: bytes) -> None:
+        self.size += len(data)
+        self.xx.update(data)
+        if self.md5 is not None:
+            self.md5.update(data)
+
+    def check(self, work: Path) -> tuple[int, str]:
+        _check(work, self.meta, self.size, self.md5.hexdigest() if self.md5 else None)
+        return self.size, self.xx.hexdigest()
 
 
 def _verify(work: Path, meta: SourceObject) -> tuple[int, str]:
@@ -136,10 +173,16 @@ def _verify(work: Path, meta: SourceObject) -> tuple[int, str]:
             xx.update(data)
             if md5:
                 md5.update(data)
+    _check(work, meta, size, md5.hexdigest() if md5 else None)
+    return size, xx.hexdigest()
+
+
+def _check(work: Path, meta: SourceObject, size: int, md5: str | None) -> None:
+    """What arrived is what the source promised, or the work file goes."""
     if meta.size is not None and size != meta.size:
         discard(work)
         raise SourceError(f"got {size} bytes, the source announced {meta.size}", transient=True)
-    if md5 and md5.hexdigest() != meta.md5:
+    if md5 is not None and md5 != meta.md5:
         discard(work)
-        raise SourceError("MD5 of the downloaded bytes does not match the source's", transient=True)
-    return size, xx.hexdigest()
+        raise SourceError("MD5 of the downloaded bytes does not match the source's",
+                          transient=True)

@@ -20,6 +20,7 @@ from aisdl.jobs import records
 from aisdl.jobs.listing import backend_items, source_link
 from aisdl.jobs.records import Counters, Cursor, TaskInfo
 from aisdl.jobs.request import Item, JobSpec
+from aisdl.models import ObjectAttrs
 from aisdl.sources.base import SourceObject
 from aisdl.store.paths import check_object_name
 from aisdl.store.store import Store
@@ -27,6 +28,10 @@ from aisdl.store.store import Store
 log = logging.getLogger("aisdl.jobs")
 FLUSH_EVERY = 0.25   # seconds between batch commits
 FLUSH_AT = 512       # outcomes that force a commit sooner
+LOOKUP_BATCH = 64    # items looked up in the catalog at once before dispatch
+
+# Items for the workers, each with what the catalog has of it; None tells a worker to stop.
+WorkQueue = asyncio.Queue[tuple[Item, ObjectAttrs | None] | None]
 
 
 @dataclass
@@ -111,7 +116,7 @@ class JobRun:
 
     # -- the run ----------------------------------------------------------------------------
     async def _run(self) -> None:
-        queue: asyncio.Queue[Item | None] = asyncio.Queue(maxsize=self.workers * 2)
+        queue: WorkQueue = asyncio.Queue(maxsize=self.workers * 2)
         flusher = asyncio.create_task(self._flush_loop())
         try:
             async with asyncio.TaskGroup() as tg:
@@ -133,11 +138,23 @@ class JobRun:
         finally:
             flusher.cancel()
 
-    async def _produce(self, queue: asyncio.Queue[Item | None]) -> None:
+    async def _produce(self, queue: WorkQueue) -> None:
+        batch: list[Item] = []
         async for item in self._items():
             if not self.cursor.done(item.index):
-                await queue.put(item)
+                batch.append(item)
+            if len(batch) >= LOOKUP_BATCH:
+                await self._dispatch(batch, queue)
+                batch = []
+        await self._dispatch(batch, queue)
         self.all_dispatched = True
+
+    async def _dispatch(self, batch: list[Item],
+                        queue: WorkQueue) -> None:
+        """Hand items to the workers with what we already store of each (one query a batch)."""
+        stored = await self.store.lookup_many(self.spec.bucket, [i.name for i in batch])
+        for item in batch:
+            await queue.put((item, stored.get(item.name)))
 
     async def _items(self) -> AsyncIterator[Item]:
         if self.spec.kind == "backend":
@@ -149,12 +166,13 @@ class JobRun:
             for item in self.spec.items(start=self.cursor.low):
                 yield item
 
-    async def _worker(self, queue: asyncio.Queue[Item | None]) -> None:
-        while (item := await queue.get()) is not None:
+    async def _worker(self, queue: WorkQueue) -> None:
+        while (entry := await queue.get()) is not None:
+            item, stored = entry
             task = TaskState(item.name)
             self.current[item.index] = task
             try:
-                outcome = await self._download(item, task)
+                outcome = await self._download(item, stored, task)
             except asyncio.CancelledError:
                 self.current.pop(item.index, None)
                 if self.aborted:
@@ -169,14 +187,14 @@ class JobRun:
         path = self.store.work_path(self.spec.bucket, item.name, self.id)
         return path.with_name(f"{path.name}.{item.index}")
 
-    async def _download(self, item: Item, task: TaskState) -> Outcome:
+    async def _download(self, item: Item, stored: ObjectAttrs | None,
+                        task: TaskState) -> Outcome:
         bucket = self.spec.bucket
         try:
             check_object_name(item.name)
             if item.evict:
                 await self.store.delete_object(bucket, item.name)
                 return Outcome(item, task)
-            stored = await self.store.lookup(bucket, item.name)
             known = SourceObject.from_custom(stored.custom) if stored and stored.custom.get(
                 "source") else None
             if known is not None and item.listed is not None and known.same_as(item.listed):
