@@ -25,6 +25,8 @@ from aisdl.client import Client
 from helpers import free_port as _free_port
 from origin import Origin
 
+pytest_plugins = ["conftest_cloud"]  # S3, GCS and Azure emulators
+
 PROXY_VARS = ("http_proxy", "https_proxy", "all_proxy", "ftp_proxy", "no_proxy")
 HEALTH_TIMEOUT = 20.0
 
@@ -91,11 +93,12 @@ class Node:
     """A real node process (`python -m aisdl serve`) on 127.0.0.1:port with its own home."""
 
     def __init__(self, port: int, home: Path, log_path: Path,
-                 extra_args: tuple[str, ...] = ()) -> None:
+                 extra_args: tuple[str, ...] = (), env: dict[str, str] | None = None) -> None:
         self.port = port
         self.home = home
         self.log_path = log_path
         self.extra_args = extra_args
+        self.env = env or {}  # e.g. a cloud emulator's endpoint and credentials
         self.endpoint = f"http://127.0.0.1:{port}"
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -118,7 +121,7 @@ class Node:
 
     def start(self, timeout: float = HEALTH_TIMEOUT) -> None:
         assert not self.running(), "the node is already running"
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.env}
         with open(self.log_path, "ab") as log:
             log.write(f"\n=== {' '.join(self.cmd)}\n".encode())
             log.flush()

@@ -3,7 +3,6 @@ process against a real node process."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -52,24 +51,3 @@ def test_put_ls_get(ais: Ais, tmp_path: Path) -> None:
     assert not (tmp_path / "nope").exists()
 
 
-def test_bucket_props_set_as_in_the_users_document(ais: Ais) -> None:
-    ais("create", "lpr-vision-copy")
-    out = ais("bucket", "props", "set", "ais://lpr-vision-copy", "backend_bck=gcp://lpr-vision")
-    assert out.stdout.splitlines() == [
-        "Bucket props successfully updated",
-        '"backend_bck.name" set to:"lpr-vision" (was:"")',
-        '"backend_bck.provider" set to:"gcp" (was:"")',
-    ]
-    same = ais("bucket", "props", "set", "ais://lpr-vision-copy", "backend_bck=gs://lpr-vision")
-    assert "No changes" in same.stdout
-    out = ais("bucket", "props", "set", "ais://lpr-vision-copy", "versioning.enabled=false",
-              "backend_bck=none")
-    assert '"versioning.enabled" set to:"false" (was:"true")' in out.stdout
-    assert '"backend_bck.provider" set to:"" (was:"gcp")' in out.stdout
-    props = json.loads(ais("bucket", "props", "show", "ais://lpr-vision-copy").stdout)
-    assert props["versioning"]["enabled"] is False and props["backend_bck"]["name"] == ""
-    bad = ais("bucket", "props", "set", "ais://lpr-vision-copy", "backend_bck=ais://y",
-              check=False)
-    assert bad.returncode == 1 and 'Backend bucket "ais://y" must be remote' in bad.stderr
-    bad = ais("bucket", "props", "set", "ais://lpr-vision-copy", "nope.x=1", check=False)
-    assert bad.returncode == 2 and "unknown bucket property" in bad.stderr

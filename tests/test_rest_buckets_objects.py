@@ -138,10 +138,12 @@ def test_set_and_reset_bucket_props(http: Session, bucket: str) -> None:
         return http.call("PATCH", f"buckets/{bucket}",
                          {"value": value, "action": action, "name": ""})
 
-    assert patch({"backend_bck": {"name": "x", "provider": "gs",
-                                  "namespace": {"uuid": "", "name": ""}}}).status_code == 200
+    # As in AIS, a backend must exist: this node has no cloud it can reach, so nothing changes.
+    r = patch({"backend_bck": {"name": "x", "provider": "gs",
+                               "namespace": {"uuid": "", "name": ""}}})
+    assert r.status_code == 424 and "gs://x" in r.json()["message"]
     props = Client(http.base[:-4]).bucket_props(Bucket("ais", bucket))
-    assert props["backend_bck"]["provider"] == "gcp" and props["provider"] == "ais"
+    assert props["backend_bck"]["name"] == "" and props["provider"] == "ais"
     r = patch({"backend_bck": {"name": "y", "provider": "ais"}})
     assert r.status_code == 400
     assert r.json()["message"] == 'Backend bucket "ais://y" must be remote'

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from aisdl.sources.cloud_settings import CloudSettings
+
 
 @dataclass(frozen=True)
 class RetryPolicy:
@@ -24,6 +26,7 @@ class NodeConfig:
     max_per_host: int = 0            # 0 = no per-host cap below max_connections
     default_timeout: float = 3600.0  # per-request timeout when a job gives none
     retry: RetryPolicy = field(default_factory=RetryPolicy)
+    cloud: CloudSettings = field(default_factory=CloudSettings)
 
     @property
     def endpoint(self) -> str:
@@ -33,6 +36,11 @@ class NodeConfig:
     @property
     def loopback_only(self) -> bool:
         return self.host in ("127.0.0.1", "localhost", "::1")
+
+    @property
+    def may_fetch_private(self) -> bool:
+        """Loopback and private addresses are fair sources for a loopback-only node."""
+        return self.loopback_only or self.allow_private_egress
 
     @property
     def db_path(self) -> Path:

@@ -15,6 +15,7 @@ import msgspec
 from aiohttp import web
 
 from aisdl.api.keys import NODE_ID, STORE
+from aisdl.api.remote import known_bucket, list_remote
 from aisdl.errors import BadRequest
 from aisdl.models import Bucket, ObjectAttrs, normalize_provider
 
@@ -110,7 +111,9 @@ async def delete_bucket(request: web.Request) -> web.Response:
 
 
 async def head_bucket(request: web.Request) -> web.Response:
-    props = await request.app[STORE].bucket_props(request_bucket(request))
+    bck = request_bucket(request)
+    await known_bucket(request.app, bck)
+    props = await request.app[STORE].bucket_props(bck)
     return web.Response(headers={"Ais-Bucket-Props": json.dumps(props, separators=(",", ":"))})
 
 
@@ -121,6 +124,11 @@ async def patch_bucket(request: web.Request) -> web.Response:
         value = msg.get("value") if msg else None
         if not isinstance(value, dict):
             raise BadRequest("set-bprops: 'value' must be a JSON object of bucket props")
+        backend = value.get("backend_bck")
+        if isinstance(backend, dict) and backend.get("name") and backend.get("provider"):
+            remote = Bucket.of(str(backend["name"]), str(backend["provider"]))
+            if remote.is_remote:  # as AIS does: the backend must exist
+                await known_bucket(request.app, remote)
         await store.set_bucket_props(bck, value)
     elif _action(msg) == "reset-bprops":
         await store.reset_bucket_props(bck)
@@ -132,7 +140,8 @@ async def patch_bucket(request: web.Request) -> web.Response:
 # -- list objects --------------------------------------------------------------------------------
 async def _list_objects(request: web.Request, bck: Bucket, lso: dict[str, Any]) -> web.Response:
     store = request.app[STORE]
-    store.require_bucket(bck)
+    await known_bucket(request.app, bck)
+    remote = store.remote_of(bck)
     flags = _uint(lso.get("flags"), "flags")
     if flags & FLAG_NOT_CACHED:
         raise BadRequest(f"listing {bck.cname}: 'not-cached' is not supported for this bucket")
@@ -141,7 +150,12 @@ async def _list_objects(request: web.Request, bck: Bucket, lso: dict[str, Any]) 
     props = _list_props(str(lso.get("props") or ""), flags)
     uuid = str(lso.get("uuid") or "") or secrets.token_urlsafe(8)  # never empty: see 7.5
     after = max(str(lso.get("continuation_token") or ""), str(lso.get("start_after") or ""))
-    objs = await store.list_objects(bck, str(lso.get("prefix") or ""), after, page_size)
+    prefix = str(lso.get("prefix") or "")
+    if remote is not None and not flags & FLAG_CACHED:
+        objs, held = await list_remote(request.app, bck, remote, prefix, after, page_size)
+    else:
+        objs = await store.list_objects(bck, prefix, after, page_size)
+        held = {o.name for o in objs}
     token = objs[-1].name if len(objs) >= page_size else ""
     node = f"t[{request.app[NODE_ID]}]"
 
@@ -150,11 +164,12 @@ async def _list_objects(request: web.Request, bck: Bucket, lso: dict[str, Any]) 
 
     if "application/msgpack" in request.headers.get("Accept", ""):
         page = {"UUID": uuid, "ContinuationToken": token, "Flags": 0,
-                "Entries": [_msgpack_entry(o, props, location) for o in objs]}
+                "Entries": [_msgpack_entry(o, props, location, o.name in held) for o in objs]}
         return web.Response(body=msgspec.msgpack.encode(page),
                             headers={"Content-Type": "application/msgpack"})
     return web.json_response({"uuid": uuid, "continuation_token": token, "flags": 0,
-                              "entries": [_json_entry(o, props, location) for o in objs]})
+                              "entries": [_json_entry(o, props, location, o.name in held)
+                                          for o in objs]})
 
 
 def _uint(value: Any, what: str) -> int:
@@ -186,7 +201,8 @@ def _list_props(text: str, flags: int) -> frozenset[str]:
     return items
 
 
-def _msgpack_entry(o: ObjectAttrs, props: frozenset[str], location: Any) -> dict[str, Any]:
+def _msgpack_entry(o: ObjectAttrs, props: frozenset[str], location: Any,
+                   present: bool) -> dict[str, Any]:
     e: dict[str, Any] = {"n": o.name}
     if "size" in props and o.size:
         e["s"] = o.size
@@ -196,19 +212,20 @@ def _msgpack_entry(o: ObjectAttrs, props: frozenset[str], location: Any) -> dict
         e["a"] = _rfc822(o.atime_ns)
     if "version" in props and o.version:
         e["v"] = o.version
-    if "location" in props:
+    if "location" in props and present:
         e["t"] = location(o)
     if "custom" in props and o.custom:
         e["m"] = "[" + " ".join(f"{k}:{v}" for k, v in sorted(o.custom.items())) + "]"
     if "copies" in props:
         e["c"] = 1
-    e["f"] = ENTRY_PRESENT
+    e["f"] = ENTRY_PRESENT if present else 0
     return e
 
 
-def _json_entry(o: ObjectAttrs, props: frozenset[str], location: Any) -> dict[str, Any]:
+def _json_entry(o: ObjectAttrs, props: frozenset[str], location: Any,
+                present: bool) -> dict[str, Any]:
     """AIS's JSON entry form; Go encodes `size` as a string."""
-    short = _msgpack_entry(o, props, location)
+    short = _msgpack_entry(o, props, location, present)
     names = {"n": "name", "cs": "checksum", "a": "atime", "v": "version", "t": "location",
              "m": "custom-md", "c": "copies", "f": "flags"}
     out: dict[str, Any] = {names[k]: v for k, v in short.items() if k != "s"}

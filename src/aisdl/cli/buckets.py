@@ -77,15 +77,38 @@ def ls(obj: CliContext, bucket: str | None, prefix: str, no_headers: bool, cache
         return
     bck, path_prefix = parse_uri(bucket)
     prefix = path_prefix + prefix
+    columns = _columns(obj, bck, cached)
     shown = 0
     for entry in obj.client.list_objects(bck, prefix=prefix, cached=cached):
         if shown == 0 and not no_headers:
-            click.echo("NAME\tSIZE\tVERSION")
-        click.echo(f"{entry['n']}\t{iec(entry.get('s', 0))}\t{entry.get('v', '')}")
+            click.echo("\t".join(columns))
+        click.echo("\t".join(_cell(entry, c) for c in columns))
         shown += 1
     if shown == 0 and not no_headers:
         where = f"{bck.cname}/{prefix}" if prefix else bck.cname
         click.echo(f"No objects in {where}")
+
+
+def _columns(obj: CliContext, bck: Bucket, cached: bool) -> tuple[str, ...]:
+    """ais buckets show our versions; a cloud bucket shows what the cloud has (so its listing
+    and the cached listing of a bucket backed by it compare equal); a backed bucket listed in
+    full also says which objects are here."""
+    if bck.is_remote:
+        return ("NAME", "SIZE")
+    backend = obj.client.bucket_props(bck).get("backend_bck") or {}
+    if not backend.get("name"):
+        return ("NAME", "SIZE", "VERSION")
+    return ("NAME", "SIZE") if cached else ("NAME", "SIZE", "CACHED")
+
+
+def _cell(entry: dict[str, Any], column: str) -> str:
+    if column == "NAME":
+        return str(entry["n"])
+    if column == "SIZE":
+        return iec(entry.get("s", 0))
+    if column == "VERSION":
+        return str(entry.get("v", ""))
+    return "yes" if int(entry.get("f", 0)) & 64 else "no"
 
 
 def _list_buckets(obj: CliContext, no_headers: bool) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+from dataclasses import replace
 from pathlib import Path
 
 import click
@@ -11,6 +13,7 @@ from aisdl.cli.params import DURATION
 from aisdl.client import Client
 from aisdl.config import NodeConfig, RetryPolicy
 from aisdl.node import default_home, run_node
+from aisdl.sources.cloud_settings import CloudSettings
 
 
 @click.command()
@@ -33,12 +36,14 @@ def serve(port: int, host: str, home: Path | None, mountpaths: tuple[Path, ...],
           allow_private_egress: bool, max_conns: int, retry_attempts: int,
           retry_delay: float) -> None:
     """Run a node in the foreground (Ctrl+C stops it; unfinished jobs resume at the next start)."""
-    run_node(NodeConfig(
+    config = NodeConfig(
         home=(home or default_home()).resolve(), host=host, port=port,
         mountpaths=tuple(p.resolve() for p in mountpaths),
         allow_private_egress=allow_private_egress, max_connections=max_conns,
         retry=RetryPolicy(attempts=retry_attempts, base_delay=retry_delay),
-    ))
+    )
+    cloud = CloudSettings.from_env(os.environ, allow_private=config.may_fetch_private)
+    run_node(replace(config, cloud=cloud))
 
 
 @click.group()

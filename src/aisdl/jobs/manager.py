@@ -51,13 +51,13 @@ class JobManager:
         self._fetcher: Fetcher | None = None
 
     async def start(self) -> None:
-        allow_private = self.config.loopback_only or self.config.allow_private_egress
+        allow_private = self.config.may_fetch_private
         connector = aiohttp.TCPConnector(
             limit=self.config.max_connections, limit_per_host=self.config.max_per_host,
             resolver=EgressResolver(allow_private), ttl_dns_cache=60)
         self._session = aiohttp.ClientSession(connector=connector, auto_decompress=False,
                                               trust_env=False)
-        sources = Sources(HttpSource(self._session, allow_private), self._cloud(allow_private))
+        sources = Sources(HttpSource(self._session, allow_private), self._cloud())
         self._fetcher = Fetcher(sources, self.config.retry)
         rows = await self.db.run(records.unfinished_jobs)
         await asyncio.get_running_loop().run_in_executor(
@@ -68,8 +68,10 @@ class JobManager:
             if row["aborted"]:  # aborted just before a crash: finish the abort
                 await self.runs[row["id"]].abort()
 
-    def _cloud(self, allow_private: bool) -> CloudSource | None:
-        return None
+    def _cloud(self) -> CloudSource:
+        from aisdl.sources.cloud import CloudSource  # obstore: only inside the node process
+
+        return CloudSource(self.config.cloud)
 
     @property
     def cloud(self) -> CloudSource | None:
@@ -107,15 +109,13 @@ class JobManager:
     async def _remote_of(self, bucket: Bucket) -> Bucket:
         """The remote bucket a backend job lists: the bucket itself when it is a cloud bucket,
         else its `backend_bck`."""
-        if bucket.is_remote:
-            return bucket
-        backend = (await self.store.bucket_props(bucket)).get("backend_bck") or {}
-        if not backend.get("name"):
+        remote = self.store.remote_of(bucket)
+        if remote is None:
             raise BadRequest(
                 f"bucket download requires a remote bucket: {bucket.cname} has no backend;"
                 f" connect it first, e.g. `ais bucket props set {bucket.cname}"
                 " backend_bck=gcp://BUCKET`")
-        return Bucket.of(backend["name"], backend["provider"])
+        return remote
 
     async def abort(self, job_id: str) -> None:
         run = self._live(job_id)

@@ -187,6 +187,15 @@ class Store:
     async def list_buckets(self, provider: str = "") -> list[Bucket]:
         return sorted(b for b in self._buckets if not provider or b.provider == provider)
 
+    def remote_of(self, bck: Bucket) -> Bucket | None:
+        """The remote bucket behind `bck`: itself for a cloud bucket, else its `backend_bck`."""
+        if bck.is_remote:
+            return bck
+        backend = self.require_bucket(bck).get("backend_bck") or {}
+        if not backend.get("name"):
+            return None
+        return Bucket.of(backend["name"], backend["provider"])
+
     async def bucket_props(self, bck: Bucket) -> dict[str, Any]:
         return self._full_props(bck, self.require_bucket(bck))
 
