@@ -193,3 +193,58 @@ def test_bucket_props_set_as_in_the_users_document(gcs_server, cais: Ais) -> Non
     assert bad.returncode == 1 and 'Backend bucket "ais://y" must be remote' in bad.stderr
     bad = ais("bucket", "props", "set", "ais://lpr-vision-copy", "nope.x=1", check=False)
     assert bad.returncode == 1 and "unknown bucket property" in bad.stderr
+
+
+def test_upstream_sync_scenarios(s3_server, cloud_node):
+    """Upstream scenarios 17, 19 and 20.1-20.6 (counts as (finished, skipped))."""
+    c = cloud_node.client()
+    src = s3_server.new_bucket()
+
+    def put(names: range, tag: str = "v1") -> None:
+        s3_server.put_many(src, [(f"obj-{i:02d}", payload(f"{tag}{i}", 100)) for i in names])
+
+    def run(sync: bool = True, **extra: str) -> tuple[int, int]:
+        job = c.start_download({"type": "backend", "bucket": {"name": "synced"},
+                                "synchronize": sync, **extra})
+        st = wait_job(c, job)
+        assert st["error_cnt"] == 0, st.get("download_errors")
+        return st["finished_cnt"], st["skipped_cnt"]
+
+    put(range(10))
+    c.create_bucket(_ais("synced"))
+    c.set_bucket_props(_ais("synced"), {"backend_bck": {"name": src, "provider": "aws"}})
+    assert run() == (10, 0)                                   # 20.1
+    assert run() == (10, 10)                                  # 20.2
+    for i in range(4):
+        s3_server.delete(src, f"obj-{i:02d}")
+    assert run() == (10, 6)                                   # 20.3: 6 skips + 4 evictions
+    assert run() == (6, 6)
+    put(range(4))
+    assert run() == (10, 6)                                   # 20.4
+    assert run() == (10, 10)
+    assert run(sync=False) == (10, 10)
+    put(range(10), tag="v2")                                  # 20.5: overwrite all, delete 4
+    for i in range(4):
+        s3_server.delete(src, f"obj-{i:02d}")
+    assert run() == (10, 0)
+    assert run() == (6, 6)
+    assert run(prefix="someprefix-") == (0, 0)                # 20.6
+    assert run(suffix="somesuffix-") == (0, 0)
+    put(range(10, 20))                                        # 19: new remote objects
+    assert run(sync=False) == (16, 6)
+    assert c.get_object(_ais("synced"), "obj-05").content == payload("v25", 100)
+
+
+def test_cloud_destination_writes_through(origin, s3_server, azure_server, cais):
+    origin.add("/model.bin", payload("model", 5000))
+    for emu, scheme in ((s3_server, "s3"), (azure_server, "az")):
+        dst = emu.new_bucket()
+        job = _job(cais("start", "download", origin.url_for("/model.bin"),
+                        f"{scheme}://{dst}/models/model.bin"))
+        assert wait_job(cais, job)["finished_cnt"] == 1
+        listed = cais("ls", f"{scheme}://{dst}", "-H").stdout.split()
+        assert listed[0] == "models/model.bin"  # the object is in the cloud bucket
+        from aisdl.models import Bucket
+
+        local = cais.node.client().list_objects(Bucket.of(dst, scheme), cached=True)
+        assert [e["n"] for e in local] == ["models/model.bin"]  # and stored here too
