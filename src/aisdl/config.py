@@ -27,6 +27,7 @@ class NodeConfig:
     default_timeout: float = 3600.0  # per-request timeout when a job gives none
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     cloud: CloudSettings = field(default_factory=CloudSettings)
+    event_loop: str = "asyncio"      # or "uvloop"
 
     @property
     def endpoint(self) -> str:

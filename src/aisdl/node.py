@@ -30,8 +30,13 @@ def run_node(config: NodeConfig) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    runner = asyncio.run
+    if config.event_loop == "uvloop":
+        import uvloop
+
+        runner = uvloop.run
     try:
-        asyncio.run(_serve(create_app(config), config))
+        runner(_serve(create_app(config), config))
     except KeyboardInterrupt:
         pass
 

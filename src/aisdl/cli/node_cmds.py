@@ -32,15 +32,18 @@ from aisdl.sources.cloud_settings import CloudSettings
               show_default=True, help="Tries of one file before it is recorded as failed.")
 @click.option("--retry-delay", type=DURATION, default=RetryPolicy.base_delay,
               show_default="500ms", help="Backoff before the first retry (doubles each time).")
+@click.option("--event-loop", type=click.Choice(["asyncio", "uvloop"]), default="asyncio",
+              show_default=True, help="The event loop implementation.")
 def serve(port: int, host: str, home: Path | None, mountpaths: tuple[Path, ...],
           allow_private_egress: bool, max_conns: int, retry_attempts: int,
-          retry_delay: float) -> None:
+          retry_delay: float, event_loop: str) -> None:
     """Run a node in the foreground (Ctrl+C stops it; unfinished jobs resume at the next start)."""
     config = NodeConfig(
         home=(home or default_home()).resolve(), host=host, port=port,
         mountpaths=tuple(p.resolve() for p in mountpaths),
         allow_private_egress=allow_private_egress, max_connections=max_conns,
         retry=RetryPolicy(attempts=retry_attempts, base_delay=retry_delay),
+        event_loop=event_loop,
     )
     cloud = CloudSettings.from_env(os.environ, allow_private=config.may_fetch_private)
     run_node(replace(config, cloud=cloud))

@@ -279,3 +279,4 @@ class JobRun:
         await asyncio.shield(self.db.run(
             lambda conn: records.mark_finished(conn, self.id, finished, aborted, dispatched)))
         self.finished_ns = finished  # only now: status reads finished jobs from the database
+        await asyncio.get_running_loop().run_in_executor(None, self.store.drop_work, self.id)

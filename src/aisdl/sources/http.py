@@ -17,6 +17,7 @@ from aisdl.errors import SourceError
 from aisdl.sources.base import SourceObject
 
 TRANSIENT_STATUS = {408, 425, 429, 500, 502, 503, 504}
+CHUNK_CAP = 64 * 1024  # smaller requested chunks are honoured exactly (a throttled read)
 
 
 @dataclass
@@ -27,10 +28,17 @@ class HttpRead:
     _resp: aiohttp.ClientResponse | None
 
     async def chunks(self, size: int) -> AsyncIterator[bytes]:
+        """The body as it arrives. `size` caps a chunk only when it is small (throttling):
+        otherwise whatever the socket delivered is handed on without joining or splitting."""
         assert self._resp is not None
+        content = self._resp.content
         try:
-            while chunk := await self._resp.content.read(size):
-                yield chunk
+            if size < CHUNK_CAP:
+                while chunk := await content.read(size):
+                    yield chunk
+            else:
+                while chunk := await content.readany():
+                    yield chunk
         except (TimeoutError, aiohttp.ClientError) as exc:
             raise _translate(exc, "") from exc
 

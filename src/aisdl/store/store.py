@@ -73,6 +73,7 @@ class Store:
         self._seeds = [xxhash.xxh64_intdigest(str(mp).encode()) for mp in self.mountpaths]
         # Bucket props, mirrored from the catalog; changed only on the database thread.
         self._buckets: dict[Bucket, Props] = db.run_sync(self._load_buckets)
+        self._work_dirs: set[Path] = set()  # work directories known to exist
 
     @staticmethod
     def _load_buckets(conn: sqlite3.Connection) -> dict[Bucket, Props]:
@@ -96,8 +97,17 @@ class Store:
         """The work file of (tag, bucket, object): same mountpath, so the commit is a rename."""
         digest = hashlib.sha1(f"{bck.provider}/{bck.name}/{name}".encode()).hexdigest()
         parent = self.mountpath(bck, name) / WORK_DIR / tag
-        parent.mkdir(parents=True, exist_ok=True)
+        if parent not in self._work_dirs:  # one mkdir per job, not per object
+            parent.mkdir(parents=True, exist_ok=True)
+            self._work_dirs.add(parent)
         return parent / digest
+
+    def drop_work(self, tag: str) -> None:
+        """A job is over: remove its work directories (and whatever an abort left in them)."""
+        for mp in self.mountpaths:
+            path = mp / WORK_DIR / tag
+            self._work_dirs.discard(path)
+            shutil.rmtree(path, ignore_errors=True)
 
     def clean_work(self, keep_tags: set[str]) -> None:
         """Start-up: drop work files of jobs that no longer exist, of PUTs, and the trash."""
@@ -311,8 +321,12 @@ class Store:
     def _place(self, bck: Bucket, name: str, work: Path) -> None:
         final = self.object_path(bck, name)
         try:
-            final.parent.mkdir(parents=True, exist_ok=True)
             try:
+                os.replace(work, final)  # the parent usually exists: no mkdir on the hot path
+            except FileNotFoundError:
+                if not work.exists():
+                    raise
+                final.parent.mkdir(parents=True, exist_ok=True)
                 os.replace(work, final)
             except IsADirectoryError:
                 final.rmdir()  # an empty directory left by a manual delete: take its place
