@@ -111,7 +111,7 @@ class Fetcher:
     async def _stream(req: FetchRequest, obj: Any, events: TaskEvents,
                       digest: _Digest | None) -> None:
         chunk = req.throttle.chunk_size if req.throttle else CHUNK
-        with open(req.work, "r+b" if obj.offset else "wb", buffering=0) as f:
+        with open(req.work, "r+b" if obj.offset else "wb") as f:
             if obj.offset:
                 f.seek(obj.offset)
                 f.truncate()
