@@ -248,3 +248,15 @@ def test_cloud_destination_writes_through(origin, s3_server, azure_server, cais)
 
         local = cais.node.client().list_objects(Bucket.of(dst, scheme), cached=True)
         assert [e["n"] for e in local] == ["models/model.bin"]  # and stored here too
+
+
+def test_listing_failure_is_one_clear_job_error(cloud_node):
+    """A backend job whose bucket cannot be listed ends with one error that says why."""
+    c = cloud_node.client()
+    job = c.start_download({"type": "backend", "bucket": {"name": "no-such-bucket-x",
+                                                          "provider": "aws"}})
+    st = wait_job(c, job)
+    assert (st["finished_cnt"], st["error_cnt"]) == (0, 1)
+    err = st["download_errors"][0]
+    assert err["name"] == "s3://no-such-bucket-x"
+    assert err["error"].startswith("listing failed:") and "does not exist" in err["error"]

@@ -140,12 +140,19 @@ class JobRun:
 
     async def _produce(self, queue: WorkQueue) -> None:
         batch: list[Item] = []
-        async for item in self._items():
-            if not self.cursor.done(item.index):
-                batch.append(item)
-            if len(batch) >= LOOKUP_BATCH:
-                await self._dispatch(batch, queue)
-                batch = []
+        try:
+            async for item in self._items():
+                if not self.cursor.done(item.index):
+                    batch.append(item)
+                if len(batch) >= LOOKUP_BATCH:
+                    await self._dispatch(batch, queue)
+                    batch = []
+        except SourceError as err:  # the listing failed: one error for the job, not silence
+            await self._dispatch(batch, queue)
+            source = self.spec.source.cname if self.spec.source else self.spec.bucket.cname
+            self._batch.append(Outcome(Item(-1, source, ""), TaskState(source),
+                                       error=f"listing failed: {err.message}"))
+            return
         await self._dispatch(batch, queue)
         self.all_dispatched = True
 
@@ -266,7 +273,8 @@ class JobRun:
             else:
                 counters.finished += 1
                 counters.skipped += o.skipped
-            cursor.mark(o.item.index)
+            if o.item.index >= 0:  # -1: an error of the job itself (its listing)
+                cursor.mark(o.item.index)
             tasks.append(TaskInfo(o.item.name, o.task.downloaded, o.task.total,
                                   o.task.start_ns, o.end_ns))
         records.save_progress(conn, self.id, counters, cursor, errors, tasks)
