@@ -8,10 +8,12 @@ import os
 import signal
 import sys
 from pathlib import Path
-
-from aiohttp import web
+from typing import TYPE_CHECKING
 
 from aisdl.config import NodeConfig
+
+if TYPE_CHECKING:  # the web stack loads only in the node process, not in every `ais` command
+    from aiohttp import web
 
 
 def default_home() -> Path:
@@ -42,6 +44,8 @@ def run_node(config: NodeConfig) -> None:
 
 
 async def _serve(app: web.Application, config: NodeConfig) -> None:
+    from aiohttp import web
+
     runner = web.AppRunner(app, handle_signals=False, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, config.host, config.port, reuse_address=True)

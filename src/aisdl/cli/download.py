@@ -20,7 +20,6 @@ from aisdl.cli.params import (
     parse_source,
     read_object_list,
 )
-from aisdl.cli.progress import show_progress
 from aisdl.client import Client
 from aisdl.errors import AisdlError, BadRequest
 from aisdl.jobs.template import has_template
@@ -144,11 +143,17 @@ def start_download(obj: CliContext, args: tuple[str, ...], description: str,
                    " default properties will be created.", err=True)
     click.echo(job_id)
     if progress:
-        _finish(show_progress(client, job_id, progress_interval), bars=True)
+        _finish(_show_progress(client, job_id, progress_interval), bars=True)
     elif wait:
         _finish(_wait_for(client, job_id, refresh=1.0, timeout=None), bars=False)
     else:
         click.echo(f"Run `ais show job download {job_id}` to monitor the progress of downloading.")
+
+
+def _show_progress(client: Client, job_id: str, refresh: float) -> dict[str, Any]:
+    from aisdl.cli.progress import show_progress  # rich loads only when bars are drawn
+
+    return show_progress(client, job_id, refresh)
 
 
 def _finish(st: dict[str, Any], bars: bool) -> None:
@@ -200,7 +205,7 @@ def show_job(obj: CliContext, args: tuple[str, ...], regex: str, progress: bool,
         _list_jobs(client, regex, as_json, no_headers)
         return
     if progress:
-        _finish(show_progress(client, job_id, refresh), bars=True)
+        _finish(_show_progress(client, job_id, refresh), bars=True)
         return
     st = client.download_status(job_id)
     if as_json:
@@ -240,7 +245,7 @@ def wait_download(obj: CliContext, args: tuple[str, ...], refresh: float, progre
     assert job_id is not None
     client = obj.client
     if progress:
-        _finish(show_progress(client, job_id, refresh), bars=True)
+        _finish(_show_progress(client, job_id, refresh), bars=True)
         return
     st = _wait_for(client, job_id, refresh, timeout)
     if st["aborted"] or st["error_cnt"]:
