@@ -7,9 +7,10 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, BinaryIO, Protocol
 
 import xxhash
 
@@ -22,6 +23,7 @@ from aisdl.sources.registry import Sources
 
 log = logging.getLogger("aisdl.engine")
 CHUNK = 256 * 1024
+WRITE_BATCH = 1 << 20  # bytes handed to a writer thread at once
 SIDECAR_FROM = 4 << 20  # files this big keep their validator on disk for resume after a crash
 
 
@@ -64,6 +66,7 @@ class Fetcher:
     def __init__(self, sources: Sources, policy: RetryPolicy) -> None:
         self.sources = sources
         self.policy = policy
+        self._writers = ThreadPoolExecutor(max_workers=4, thread_name_prefix="writer")
 
     async def fetch(self, req: FetchRequest, events: TaskEvents) -> Fetched:
         failures = 0
@@ -107,22 +110,23 @@ class Fetcher:
         _sidecar(req.work).unlink(missing_ok=True)
         return Fetched(unchanged=False, size=size, cksum=cksum, custom=meta.custom(req.link))
 
-    @staticmethod
-    async def _stream(req: FetchRequest, obj: Any, events: TaskEvents,
+    async def _stream(self, req: FetchRequest, obj: Any, events: TaskEvents,
                       digest: _Digest | None) -> None:
         chunk = req.throttle.chunk_size if req.throttle else CHUNK
         with open(req.work, "r+b" if obj.offset else "wb") as f:
             if obj.offset:
                 f.seek(obj.offset)
                 f.truncate()
-            async for data in obj.chunks(chunk):
-                f.write(data)
-                if digest is not None:
-                    digest.update(data)
-                events.advanced(len(data))
-                if req.throttle:
-                    req.throttle.charge(len(data))
-                    await req.throttle.wait_ready()
+            writer = _BatchWriter(f, digest, self._writers)
+            try:
+                async for data in obj.chunks(chunk):
+                    await writer.add(data)
+                    events.advanced(len(data))
+                    if req.throttle:
+                        req.throttle.charge(len(data))
+                        await req.throttle.wait_ready()
+            finally:
+                await writer.close()  # also after a failure: what arrived is kept for resume
 
 
 def _size(path: Path) -> int:
@@ -141,6 +145,44 @@ def _resume_point(req: FetchRequest) -> tuple[int, str | None]:
         except FileNotFoundError:
             pass
     return (size, req.validator) if size and req.validator else (0, None)
+
+
+class _BatchWriter:
+    """Appends a body to its work file in batches written (and hashed) on a worker thread, so
+    the event loop keeps reading sockets while the kernel copies bytes to disk. One batch is in
+    flight and one filling at most, which bounds memory per transfer; a body smaller than one
+    batch is written on the spot, where a thread hop would cost more than it saves."""
+
+    def __init__(self, f: BinaryIO, digest: _Digest | None, pool: ThreadPoolExecutor) -> None:
+        self.f, self.digest, self.pool = f, digest, pool
+        self.buffers: list[bytes] = []
+        self.size = 0
+        self.pending: asyncio.Future[None] | None = None
+
+    async def add(self, data: bytes) -> None:
+        self.buffers.append(data)
+        self.size += len(data)
+        if self.size >= WRITE_BATCH:
+            await self._submit()
+
+    async def _submit(self) -> None:
+        if self.pending is not None:
+            await self.pending
+        batch, self.buffers, self.size = self.buffers, [], 0
+        self.pending = asyncio.get_running_loop().run_in_executor(self.pool, self._write, batch)
+
+    async def close(self) -> None:
+        if self.pending is None:
+            self._write(self.buffers)
+        else:
+            await self._submit()
+            await self.pending
+
+    def _write(self, batch: list[bytes]) -> None:
+        for data in batch:
+            self.f.write(data)  # a buffered file: partial writes are retried for us
+            if self.digest is not None:
+                self.digest.update(data)
 
 
 class _Digest:
