@@ -260,3 +260,45 @@ def test_listing_failure_is_one_clear_job_error(cloud_node):
     err = st["download_errors"][0]
     assert err["name"] == "s3://no-such-bucket-x"
     assert err["error"].startswith("listing failed:") and "does not exist" in err["error"]
+
+
+def test_upstream_backend_prefix_suffix_and_abort(s3_server, cloud_node):
+    """Upstream scenario 7: a backend job with prefix and suffix, evictions, then an abort."""
+    c = cloud_node.client()
+    src = s3_server.new_bucket()
+    wanted = [f"imagenet/imagenet_train-{i:05d}.tgz" for i in range(5)]
+    s3_server.put_many(src, [(n, payload(n, 200)) for n in wanted]
+                       + [("imagenet/imagenet_train-00001.txt", b"x"), ("other/a.tgz", b"y")])
+    c.create_bucket(_ais("seven"))
+    c.set_bucket_props(_ais("seven"), {"backend_bck": {"name": src, "provider": "aws"}})
+    body = {"type": "backend", "bucket": {"name": "seven"}, "prefix": "imagenet/imagenet_train-",
+            "suffix": ".tgz", "description": "scenario-7"}
+    assert wait_job(c, c.start_download(body))["finished_cnt"] == 5
+    assert [e["n"] for e in c.list_objects(_ais("seven"), cached=True)] == wanted
+    for n in wanted:
+        c.delete_object(_ais("seven"), n)  # evict the cached copies
+    s3_server.put_many(src, [(f"imagenet/imagenet_train-{i:05d}.tgz", payload(str(i), 20_000))
+                             for i in range(5, 3000)])
+    job = c.start_download(body)
+    c.abort_download(job)
+    st = wait_job(c, job)
+    assert st["aborted"] and st["finished_cnt"] < 3000
+    assert len(c.list_downloads(regex="^scenario-7$")) == 2
+
+
+def test_upstream_checksummed_sources(origin, cloud_node):
+    """Upstream scenarios 10-12: sources that send MD5/CRC32C (x-goog-hash); the MD5 is
+    verified on arrival and the objects read back intact, for single, multi and range jobs."""
+    c = cloud_node.client()
+    for v in (21, 23, 25):
+        origin.add(f"/minikube-v0.{v}.0.iso.sha256", payload(str(v), 65), gcs=True)
+    link = origin.url_for("/minikube-v0.21.0.iso.sha256")
+    template = origin.url_for("/") + "minikube-v0.{21..25..2}.0.iso.sha256"
+    jobs = [c.start_download({"type": "single", "bucket": {"name": "ck"}, "link": link}),
+            c.start_download({"type": "multi", "bucket": {"name": "ck2"},
+                              "objects": {"a": link, "b": origin.url_for(
+                                  "/minikube-v0.23.0.iso.sha256")}}),
+            c.start_download({"type": "range", "bucket": {"name": "ck3"}, "template": template})]
+    assert [wait_job(c, j)["finished_cnt"] for j in jobs] == [1, 2, 3]
+    assert c.get_object(_ais("ck3"), "minikube-v0.25.0.iso.sha256").content == payload("25", 65)
+    assert c.head_object(_ais("ck2"), "b")["Content-Length"] == "65"
