@@ -349,13 +349,8 @@ http {{
         return total
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGQUIT)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        if self.proc:
+            stop_process(self.proc, signal.SIGQUIT, 10)
 
 
 class Node:
@@ -423,14 +418,20 @@ class Node:
             pass
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc, signal.SIGTERM, 30)
         self.log_f.close()
+
+
+def stop_process(proc: subprocess.Popen[bytes], sig: int, timeout: float) -> None:
+    """Ask a process to stop with `sig`; kill it if it has not within `timeout` seconds."""
+    if proc.poll() is not None:
+        return
+    proc.send_signal(sig)
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 def parse_rfc3339(s: str) -> float:
