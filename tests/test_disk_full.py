@@ -1,0 +1,55 @@
+"""Disk full: the file that does not fit fails with a clear error, nothing partial is visible,
+what fits is kept, and the node keeps serving."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from aisdl.models import Bucket
+from conftest import Node
+from helpers import free_port, wait_job
+from origin import payload
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path):  # noqa: ANN201
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)], check=True)
+    yield mnt
+    subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def test_disk_full_fails_files_cleanly(origin, tmp_path, small_disk):
+    for i in range(3):
+        origin.add(f"/big{i}", payload(str(i), 600_000))
+    origin.add("/tiny", payload("t", 1000))
+    node = Node(free_port(), tmp_path / "home", tmp_path / "node.log",
+                extra_args=("--mountpath", str(small_disk), "--retry-attempts", "1"))
+    node.start()
+    try:
+        c = node.client()
+        job = c.start_download({"type": "multi", "bucket": {"name": "b"},
+                                "objects": {f"big{i}": origin.url_for(f"/big{i}")
+                                            for i in range(3)},
+                                "limits": {"connections": 1}})
+        st = wait_job(c, job)
+        assert st["finished_cnt"] + st["error_cnt"] == 3 and st["error_cnt"] >= 2
+        assert all("No space left on device" in e["error"] for e in st["download_errors"])
+        stored = [e["n"] for e in c.list_objects(Bucket("ais", "b"))]
+        assert len(stored) == st["finished_cnt"]
+        for name in stored:
+            assert c.get_object(Bucket("ais", "b"), name).content == payload(name[-1], 600_000)
+        leftovers = [p for p in small_disk.rglob("*") if ".work" in p.parts and p.is_file()]
+        assert leftovers == []  # failed work files are gone, so the space is free again
+        tiny = c.start_download({"type": "single", "bucket": {"name": "b"},
+                                 "link": origin.url_for("/tiny")})
+        assert wait_job(c, tiny)["finished_cnt"] == 1  # the node still works
+    finally:
+        node.stop()
