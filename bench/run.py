@@ -422,6 +422,16 @@ class Node:
         self.log_f.close()
 
 
+def start_job(argv: list[str], log_path: Path, node: Node) -> tuple[str, Any]:
+    """Run `ais start download ...` against `node` (output to `log_path`): the job's id and
+    the CLI process's measurements."""
+    open(log_path, "w").close()
+    cli = run_child(argv, log_path, env=cli_env(node.endpoint))
+    if cli.rc != 0:
+        raise RuntimeError(f"`ais start download` exited {cli.rc}; see {log_path}")
+    return job_id_from(log_path), cli
+
+
 def stop_process(proc: subprocess.Popen[bytes], sig: int, timeout: float) -> None:
     """Ask a process to stop with `sig`; kill it if it has not within `timeout` seconds."""
     if proc.poll() is not None:
@@ -657,12 +667,8 @@ class Bench:
             os.sync()
             node.clear_hwm()
             cpu0, srv0, busy0 = proc_cpu(node.pid), self.nginx.cpu(), machine_busy()
-            open(lp, "w").close()
             t0_wall, t0 = time.time(), time.perf_counter()
-            cli = run_child(argv, lp, env=cli_env(node.endpoint))
-            if cli.rc != 0:
-                raise RuntimeError(f"`ais start download` exited {cli.rc}; see {lp}")
-            job = job_id_from(lp)
+            job, cli = start_job(argv, lp, node)
             deadline = t0 + RUN_TIMEOUT
             while True:
                 st = node.status(job)
@@ -708,12 +714,8 @@ class Bench:
             node.clear_hwm()
             rss0 = proc_status_kib(node.pid, "VmRSS") / 1024
             cpu0 = proc_cpu(node.pid)
-            open(lp, "w").close()
             t0, t0_wall = time.perf_counter(), time.time()
-            cli = run_child(argv, lp, env=cli_env(node.endpoint))
-            if cli.rc != 0:
-                raise RuntimeError(f"`ais start download` exited {cli.rc}; see {lp}")
-            job = job_id_from(lp)
+            job, cli = start_job(argv, lp, node)
             first = first_post = None
             samples = []
             next_sample = 0.0
