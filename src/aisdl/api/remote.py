@@ -21,9 +21,8 @@ async def known_bucket(app: web.Application, bck: Bucket) -> None:
     store = app[STORE]
     if store.has_bucket(bck) or not bck.is_remote:
         return
-    cloud = app[JOBS].cloud
     try:
-        exists = cloud is not None and await cloud.bucket_exists(bck)
+        exists = await app[JOBS].cloud.bucket_exists(bck)
     except SourceError as exc:
         raise RemoteError(exc.message) from exc
     if not exists:
@@ -35,12 +34,9 @@ async def known_bucket(app: web.Application, bck: Bucket) -> None:
 async def list_remote(app: web.Application, bck: Bucket, remote: Bucket, prefix: str,
                       after: str, limit: int) -> tuple[list[ObjectAttrs], set[str]]:
     """One page of the remote bucket's objects after `after`, and which of them `bck` holds."""
-    cloud = app[JOBS].cloud
-    if cloud is None:
-        raise RemoteError(f"cannot list {remote.cname}: cloud access is not configured")
     page: list[ObjectAttrs] = []
     try:
-        async for chunk in cloud.list(remote, prefix, after):
+        async for chunk in app[JOBS].cloud.list(remote, prefix, after):
             for name, meta in chunk:
                 page.append(ObjectAttrs(name=name, size=meta.size or 0,
                                         version=meta.version or "", cksum=""))

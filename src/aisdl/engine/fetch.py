@@ -206,17 +206,12 @@ class _Digest:
 
 
 def _verify(work: Path, meta: SourceObject) -> tuple[int, str]:
-    """Size and xxhash of the finished work file, checked against what the source promised."""
-    xx, md5 = xxhash.xxh64(), hashlib.md5() if meta.md5 else None
-    size = 0
+    """Size and xxhash of a finished work file read back from disk (after a resume)."""
+    digest = _Digest(meta)
     with open(work, "rb") as f:
         while data := f.read(4 << 20):
-            size += len(data)
-            xx.update(data)
-            if md5:
-                md5.update(data)
-    _check(work, meta, size, md5.hexdigest() if md5 else None)
-    return size, xx.hexdigest()
+            digest.update(data)
+    return digest.check(work)
 
 
 def _check(work: Path, meta: SourceObject, size: int, md5: str | None) -> None:

@@ -74,14 +74,16 @@ class JobManager:
         return CloudSource(self.config.cloud)
 
     @property
-    def cloud(self) -> CloudSource | None:
-        return self._fetcher.sources.cloud if self._fetcher else None
+    def cloud(self) -> CloudSource:
+        assert self._fetcher is not None, "the job manager has not started"
+        cloud: CloudSource = self._fetcher.sources.cloud
+        return cloud
 
     async def close(self) -> None:
         await asyncio.gather(*(r.shutdown() for r in self.runs.values()))
         if self._session:
             await self._session.close()
-        if self.cloud is not None:
+        if self._fetcher is not None:
             await self.cloud.aclose()
 
     def _launch(self, job_id: str, spec: JobSpec, row: sqlite3.Row | dict[str, Any]) -> JobRun:

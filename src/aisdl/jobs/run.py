@@ -166,7 +166,6 @@ class JobRun:
     async def _items(self) -> AsyncIterator[Item]:
         if self.spec.kind == "backend":
             cloud = self.fetcher.sources.cloud
-            assert cloud is not None
             async for item in backend_items(self.spec, cloud, self.store, self.cursor.low):
                 yield item
         else:
@@ -226,12 +225,8 @@ class JobRun:
 
     async def _write_through(self, item: Item, work: Path) -> None:
         """A cloud bucket as the destination: the object goes to the cloud too."""
-        cloud = self.fetcher.sources.cloud
-        if cloud is None:
-            raise SourceError(f"cannot write to {self.spec.bucket.cname}: cloud access is not"
-                              " configured on this node", transient=False)
         try:
-            await cloud.put(source_link(self.spec.bucket, item.name), work)
+            await self.fetcher.sources.cloud.put(source_link(self.spec.bucket, item.name), work)
         except SourceError:
             discard(work)
             raise

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from aisdl.errors import SourceError
 from aisdl.sources.http import HttpSource
 
 if TYPE_CHECKING:
@@ -14,15 +13,10 @@ CLOUD_SCHEMES = ("s3", "gs", "az")
 
 
 class Sources:
-    def __init__(self, http: HttpSource, cloud: CloudSource | None) -> None:
+    def __init__(self, http: HttpSource, cloud: CloudSource) -> None:
         self.http = http
         self.cloud = cloud
 
     def for_link(self, link: str) -> Any:
         scheme = link.split("://", 1)[0].lower()
-        if scheme in CLOUD_SCHEMES:
-            if self.cloud is None:
-                raise SourceError(f"{scheme}:// sources are not configured on this node",
-                                  transient=False)
-            return self.cloud
-        return self.http
+        return self.cloud if scheme in CLOUD_SCHEMES else self.http
