@@ -389,6 +389,21 @@ class Node:
     def pid(self) -> int:
         return self.proc.pid
 
+    def pids(self) -> list[int]:
+        """The node and its fetch worker processes."""
+        kids: list[int] = []
+        for task in Path(f"/proc/{self.pid}/task").iterdir():
+            kids += [int(p) for p in (task / "children").read_text().split()]
+        return [self.pid, *kids]
+
+    def cpu(self) -> float:
+        return sum(proc_cpu(p) for p in self.pids())
+
+    def mem_mib(self, key: str) -> float:
+        """VmHWM or VmRSS summed over the node and its workers (an upper bound for the peak:
+        the processes may peak at different moments)."""
+        return sum(proc_status_kib(p, key) for p in self.pids()) / 1024
+
     def objects_dir(self) -> Path:
         return self.mount / "ais" / BUCKET
 
@@ -411,11 +426,12 @@ class Node:
 
     def clear_hwm(self) -> None:
         """Reset VmHWM to the current RSS (Linux >= 4.0: write 5 to clear_refs)."""
-        try:
-            with open(f"/proc/{self.pid}/clear_refs", "w") as f:
-                f.write("5")
-        except OSError:
-            pass
+        for pid in self.pids():
+            try:
+                with open(f"/proc/{pid}/clear_refs", "w") as f:
+                    f.write("5")
+            except OSError:
+                pass
 
     def stop(self) -> None:
         stop_process(self.proc, signal.SIGTERM, 30)
@@ -666,7 +682,7 @@ class Bench:
                 argv += ["--conns", str(cand.params["conns"])]
             os.sync()
             node.clear_hwm()
-            cpu0, srv0, busy0 = proc_cpu(node.pid), self.nginx.cpu(), machine_busy()
+            cpu0, srv0, busy0 = node.cpu(), self.nginx.cpu(), machine_busy()
             t0_wall, t0 = time.time(), time.perf_counter()
             job, cli = start_job(argv, lp, node)
             deadline = t0 + RUN_TIMEOUT
@@ -678,9 +694,9 @@ class Bench:
                 if time.perf_counter() > deadline:
                     raise RuntimeError(f"job not finished after {RUN_TIMEOUT:.0f} s: {st}")
                 time.sleep(POLL)
-            cpu = proc_cpu(node.pid) - cpu0 + cli.cpu
+            cpu = node.cpu() - cpu0 + cli.cpu
             srv, busy = self.nginx.cpu() - srv0, machine_busy() - busy0
-            rss = proc_status_kib(node.pid, "VmHWM") / 1024
+            rss = node.mem_mib("VmHWM")
             wall = parse_rfc3339(st["finished_time"]) - t0_wall
             if st.get("aborted") or st["error_cnt"] or st["finished_cnt"] != w.count \
                     or st["skipped_cnt"]:
@@ -712,8 +728,8 @@ class Bench:
             argv = [str(AIS), "start", "download", template, f"ais://{BUCKET}/"]
             os.sync()
             node.clear_hwm()
-            rss0 = proc_status_kib(node.pid, "VmRSS") / 1024
-            cpu0 = proc_cpu(node.pid)
+            rss0 = node.mem_mib("VmRSS")
+            cpu0 = node.cpu()
             t0, t0_wall = time.perf_counter(), time.time()
             job, cli = start_job(argv, lp, node)
             first = first_post = None
@@ -726,16 +742,16 @@ class Bench:
                     first_post = t0_wall + now - parse_rfc3339(st["started_time"])
                 if now >= next_sample:
                     samples.append((round(now, 2), st["finished_cnt"],
-                                    proc_status_kib(node.pid, "VmRSS") // 1024))
+                                    node.mem_mib("VmRSS")))
                     next_sample += 5.0
                 if st["error_cnt"]:
                     raise VerifyError(f"errors in the job: {json.dumps(st)[:400]}")
                 time.sleep(0.01 if first is None else 0.25)
             st = node.status(job)
             elapsed = time.perf_counter() - t0
-            hwm = proc_status_kib(node.pid, "VmHWM") / 1024
-            rss = proc_status_kib(node.pid, "VmRSS") / 1024
-            cpu = proc_cpu(node.pid) - cpu0 + cli.cpu
+            hwm = node.mem_mib("VmHWM")
+            rss = node.mem_mib("VmRSS")
+            cpu = node.cpu() - cpu0 + cli.cpu
             done = st["finished_cnt"]
             node.abort(job)
             if first is None:
@@ -906,14 +922,14 @@ def write_report(out: Path, results: dict[str, Any]) -> None:
         "to the job's `finished_time`, which the node sets after the last object's commit. "
         "The node's status is polled every 0.25 s, but the end time is the node's own "
         "`finished_time` (µs), so the poll interval adds no error. "
-        "MB/s = 10^6 B/s of payload. CPU = user + system seconds of the client (for aisdl: "
-        "node + the `ais` CLI process), per 10^9 B of payload; nginx CPU is not included "
-        "(shown apart). Others' load: median CPU used during the run by everything but the "
-        "tool and nginx (other people's work on this shared machine, this harness), in cores "
+        "MB/s = 10^6 B/s of payload. CPU = user + system seconds of the client (for aisdl: node, "
+        "its fetch workers and the `ais` CLI process), per 10^9 B of payload; nginx CPU is not "
+        "included (shown apart). Others' load: median CPU used during the run by everything but "
+        "the tool and nginx (other people's work on this shared machine, this harness), in cores "
         "out of 2: a run with a high figure had less machine. Peak RSS: max over runs of the "
-        "client's peak (aisdl: the node's VmHWM, "
-        "a fresh node per run; peers: GNU time's %M). Every output was checked: names, count, "
-        "sizes, xxh3 of every byte (and, for aisdl, the job's counters and the bucket listing).",
+        "client's peak (aisdl: the VmHWM of the node plus its fetch workers, a fresh node per run;"
+        " peers: GNU time's %M). Every output was checked: names, count, sizes, xxh3 of every byte"
+        " (and, for aisdl, the job's counters and the bucket listing).",
         "",
     ]
     for key, wres in sorted(results["workloads"].items()):
@@ -969,10 +985,10 @@ def write_report(out: Path, results: dict[str, Any]) -> None:
                 f"{statistics.median(e['first_commit_from_post_s'] for e in ex):.3f} | "
                 f"{min(e['first_commit_from_post_s'] for e in ex):.3f}–"
                 f"{max(e['first_commit_from_post_s'] for e in ex):.3f} |",
-                f"| node peak RSS (VmHWM) after {d['seconds']:.0f} s, MiB | "
+                f"| node + workers peak RSS (sum of VmHWM) after {d['seconds']:.0f} s, MiB | "
                 f"{statistics.median(e['hwm_mib'] for e in ex):.1f} | "
                 f"{min(e['hwm_mib'] for e in ex):.1f}–{max(e['hwm_mib'] for e in ex):.1f} |",
-                "| node RSS of the idle node before the job, MiB | "
+                "| node + workers RSS, idle, before the job, MiB | "
                 f"{statistics.median(e['rss_start_mib'] for e in ex):.1f} | "
                 f"{min(e['rss_start_mib'] for e in ex):.1f}–"
                 f"{max(e['rss_start_mib'] for e in ex):.1f} |",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -13,6 +14,12 @@ class RetryPolicy:
     attempts: int = 6           # total tries of one file (first + retries)
     base_delay: float = 0.5     # seconds before the first retry; doubles each time, with jitter
     max_delay: float = 30.0     # cap for one backoff sleep, and for a server's Retry-After
+
+
+def default_fetch_procs() -> int:
+    """One fetch worker process per core; a single core fetches in the node process."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return cores if cores and cores > 1 else 0
 
 
 @dataclass(frozen=True)
@@ -28,6 +35,7 @@ class NodeConfig:
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     cloud: CloudSettings = field(default_factory=CloudSettings)
     event_loop: str = "asyncio"      # or "uvloop"
+    fetch_procs: int = field(default_factory=lambda: default_fetch_procs())
 
     @property
     def endpoint(self) -> str:

@@ -34,9 +34,12 @@ from aisdl.sources.cloud_settings import CloudSettings
               show_default="500ms", help="Backoff before the first retry (doubles each time).")
 @click.option("--event-loop", type=click.Choice(["asyncio", "uvloop"]), default="asyncio",
               show_default=True, help="The event loop implementation.")
+@click.option("--fetch-procs", type=click.IntRange(min=0), default=None,
+              help="Worker processes that fetch objects (0: fetch in the node process) "
+                   "[default: one per core].")
 def serve(port: int, host: str, home: Path | None, mountpaths: tuple[Path, ...],
           allow_private_egress: bool, max_conns: int, retry_attempts: int,
-          retry_delay: float, event_loop: str) -> None:
+          retry_delay: float, event_loop: str, fetch_procs: int | None) -> None:
     """Run a node in the foreground (Ctrl+C stops it; unfinished jobs resume at the next start)."""
     config = NodeConfig(
         home=(home or default_home()).resolve(), host=host, port=port,
@@ -45,6 +48,8 @@ def serve(port: int, host: str, home: Path | None, mountpaths: tuple[Path, ...],
         retry=RetryPolicy(attempts=retry_attempts, base_delay=retry_delay),
         event_loop=event_loop,
     )
+    if fetch_procs is not None:
+        config = replace(config, fetch_procs=fetch_procs)
     cloud = CloudSettings.from_env(os.environ, allow_private=config.may_fetch_private)
     run_node(replace(config, cloud=cloud))
 

@@ -11,20 +11,15 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-import aiohttp
-
 from aisdl.config import NodeConfig
 from aisdl.db import Database
-from aisdl.engine.egress import EgressResolver
-from aisdl.engine.fetch import Fetcher
+from aisdl.engine.pool import FetchPool
 from aisdl.errors import BadRequest, NotFound
 from aisdl.jobs import records
 from aisdl.jobs.records import Counters, Cursor
 from aisdl.jobs.request import JobSpec, check_regex
 from aisdl.jobs.run import JobRun
 from aisdl.models import Bucket
-from aisdl.sources.http import HttpSource
-from aisdl.sources.registry import Sources
 from aisdl.store.store import Store
 
 if TYPE_CHECKING:
@@ -47,18 +42,11 @@ class JobManager:
     def __init__(self, config: NodeConfig, db: Database, store: Store) -> None:
         self.config, self.db, self.store = config, db, store
         self.runs: dict[str, JobRun] = {}
-        self._session: aiohttp.ClientSession | None = None
-        self._fetcher: Fetcher | None = None
+        self._fetcher: FetchPool | None = None
 
     async def start(self) -> None:
-        allow_private = self.config.may_fetch_private
-        connector = aiohttp.TCPConnector(
-            limit=self.config.max_connections, limit_per_host=self.config.max_per_host,
-            resolver=EgressResolver(allow_private), ttl_dns_cache=60)
-        self._session = aiohttp.ClientSession(connector=connector, auto_decompress=False,
-                                              trust_env=False)
-        sources = Sources(HttpSource(self._session, allow_private), self._cloud())
-        self._fetcher = Fetcher(sources, self.config.retry)
+        self._fetcher = FetchPool(self.config, self.config.fetch_procs)
+        await self._fetcher.start()
         rows = await self.db.run(records.unfinished_jobs)
         await asyncio.get_running_loop().run_in_executor(
             None, self.store.clean_work, {r["id"] for r in rows})
@@ -68,11 +56,6 @@ class JobManager:
             if row["aborted"]:  # aborted just before a crash: finish the abort
                 await self.runs[row["id"]].abort()
 
-    def _cloud(self) -> CloudSource:
-        from aisdl.sources.cloud import CloudSource  # obstore: only inside the node process
-
-        return CloudSource(self.config.cloud)
-
     @property
     def cloud(self) -> CloudSource:
         assert self._fetcher is not None, "the job manager has not started"
@@ -81,10 +64,8 @@ class JobManager:
 
     async def close(self) -> None:
         await asyncio.gather(*(r.shutdown() for r in self.runs.values()))
-        if self._session:
-            await self._session.close()
         if self._fetcher is not None:
-            await self.cloud.aclose()
+            await self._fetcher.aclose()
 
     def _launch(self, job_id: str, spec: JobSpec, row: sqlite3.Row | dict[str, Any]) -> JobRun:
         assert self._fetcher is not None

@@ -13,8 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from aisdl.db import Database
-from aisdl.engine.fetch import Fetcher, FetchRequest, discard
+from aisdl.engine.fetch import FetchRequest, discard
 from aisdl.engine.limits import TokenBucket
+from aisdl.engine.pool import FetchPool
 from aisdl.errors import AisdlError, SourceError
 from aisdl.jobs import records
 from aisdl.jobs.listing import backend_items, source_link
@@ -65,7 +66,7 @@ class Outcome:
 
 class JobRun:
     def __init__(self, job_id: str, spec: JobSpec, *, db: Database, store: Store,
-                 fetcher: Fetcher, workers: int, counters: Counters, cursor: Cursor,
+                 fetcher: FetchPool, workers: int, counters: Counters, cursor: Cursor,
                  started_ns: int) -> None:
         self.id, self.spec = job_id, spec
         self.db, self.store, self.fetcher = db, store, fetcher

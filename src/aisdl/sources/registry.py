@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 from aisdl.sources.http import HttpSource
 
 if TYPE_CHECKING:
+    from aisdl.config import NodeConfig
     from aisdl.sources.cloud import CloudSource
 
 CLOUD_SCHEMES = ("s3", "gs", "az")
@@ -20,3 +21,24 @@ class Sources:
     def for_link(self, link: str) -> Any:
         scheme = link.split("://", 1)[0].lower()
         return self.cloud if scheme in CLOUD_SCHEMES else self.http
+
+    @classmethod
+    def open(cls, config: NodeConfig, connections: int) -> Sources:
+        """Every source of a node (or of one fetch worker, with its share of `connections`);
+        obstore and aiohttp load only here, inside the node's processes."""
+        import aiohttp
+
+        from aisdl.engine.egress import EgressResolver
+        from aisdl.sources.cloud import CloudSource
+
+        allow_private = config.may_fetch_private
+        connector = aiohttp.TCPConnector(
+            limit=connections, limit_per_host=min(config.max_per_host, connections),
+            resolver=EgressResolver(allow_private), ttl_dns_cache=60)
+        session = aiohttp.ClientSession(connector=connector, auto_decompress=False,
+                                        trust_env=False)
+        return cls(HttpSource(session, allow_private), CloudSource(config.cloud))
+
+    async def aclose(self) -> None:
+        await self.http.session.close()
+        await self.cloud.aclose()

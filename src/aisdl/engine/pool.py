@@ -1,0 +1,169 @@
+"""Fetching on worker processes, so that a node uses more than one core: one event loop per
+worker, each with its share of the node's connections. The job runner sees the same interface
+as a Fetcher. Throttled requests (their token bucket lives here) and nodes configured with no
+workers fetch in this process."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import math
+import sys
+import time
+from typing import Any
+
+from aisdl.config import NodeConfig
+from aisdl.engine.fetch import Fetched, Fetcher, FetchRequest, TaskEvents
+from aisdl.engine.ipc import Outbox, receive
+from aisdl.errors import SourceError
+from aisdl.sources.registry import Sources
+
+log = logging.getLogger("aisdl.engine")
+CANCEL_WAIT = 5.0  # seconds a cancelled fetch waits for its worker to let go of the work file
+RESUBMITS = 2      # times a fetch moves to a new worker after its worker died
+YOUNG = 10.0       # seconds: a worker that dies this young counts towards giving up on workers
+GIVE_UP_AFTER = 3
+
+
+class WorkerLost(Exception):
+    pass
+
+
+class _Worker:
+    """One worker process and the fetches it runs for us."""
+
+    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+        assert proc.stdin is not None and proc.stdout is not None
+        self.proc = proc
+        self.outbox = Outbox(proc.stdin.write)
+        self.calls: dict[int, tuple[asyncio.Future[Any], TaskEvents]] = {}
+        self.alive = True
+        self.started = time.monotonic()
+        self._ids = itertools.count()
+        self._reader = asyncio.create_task(self._read(proc.stdout))
+
+    @classmethod
+    async def spawn(cls, config: NodeConfig, connections: int) -> _Worker:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "aisdl.engine.worker",
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE)
+        worker = cls(proc)
+        worker.outbox.put((config, connections))
+        return worker
+
+    async def fetch(self, req: FetchRequest, events: TaskEvents) -> Fetched:
+        rid = next(self._ids)
+        done = asyncio.get_running_loop().create_future()
+        self.calls[rid] = (done, events)
+        self.outbox.put(("fetch", rid, req))
+        try:
+            outcome = await done
+        except asyncio.CancelledError:
+            await self._cancel(rid, events)
+            raise
+        kind, *args = outcome
+        if kind == "done":
+            fetched: Fetched = args[0]
+            return fetched
+        if kind == "source_error":
+            raise SourceError(args[0], transient=args[1], retry_after=args[2])
+        if kind == "os_error":
+            raise OSError(*args)
+        raise asyncio.CancelledError  # "cancelled": only ever after our own cancel
+
+    async def _cancel(self, rid: int, events: TaskEvents) -> None:
+        """Stop the worker's transfer and wait until it no longer touches the work file."""
+        if not self.alive:
+            return
+        released = asyncio.get_running_loop().create_future()
+        self.calls[rid] = (released, events)
+        self.outbox.put(("cancel", rid))
+        with contextlib.suppress(BaseException):
+            await asyncio.wait_for(released, CANCEL_WAIT)
+
+    async def _read(self, stdout: asyncio.StreamReader) -> None:
+        try:
+            while True:
+                for message in await receive(stdout):
+                    self._on(message)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            self.alive = False
+            for fut, _ in self.calls.values():
+                if not fut.done():
+                    fut.set_exception(WorkerLost())
+            self.calls.clear()
+
+    def _on(self, message: tuple[Any, ...]) -> None:
+        kind, rid = message[0], message[1]
+        if kind == "progress":
+            call = self.calls.get(rid)
+            if call:
+                call[1].started(message[2], message[3])  # sets the absolute position
+            return
+        fut, events = self.calls.pop(rid)
+        events.started(message[3], message[4])
+        if not fut.done():
+            fut.set_result(message[2])
+
+    async def stop(self) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.close()  # the worker exits when its input ends
+        try:
+            await asyncio.wait_for(self.proc.wait(), 5)
+        except TimeoutError:
+            self.proc.kill()
+            await self.proc.wait()
+        await self._reader
+
+
+class FetchPool:
+    def __init__(self, config: NodeConfig, procs: int) -> None:
+        self.config, self.procs = config, procs
+        self.local = Fetcher(Sources.open(config, config.max_connections), config.retry)
+        self.sources = self.local.sources
+        self.workers: list[_Worker] = []
+        self._share = math.ceil(config.max_connections / max(1, procs))
+        self._respawn = asyncio.Lock()
+        self._early_deaths = 0
+
+    async def start(self) -> None:
+        self.workers = list(await asyncio.gather(
+            *(_Worker.spawn(self.config, self._share) for _ in range(self.procs))))
+
+    async def fetch(self, req: FetchRequest, events: TaskEvents) -> Fetched:
+        if req.throttle is not None or not self.workers:
+            return await self.local.fetch(req, events)
+        for _ in range(RESUBMITS):
+            worker = await self._pick()
+            if worker is None:
+                break
+            try:
+                return await worker.fetch(req, events)
+            except WorkerLost:
+                log.warning("fetch worker %d exited; %s moves to another",
+                            worker.proc.pid, req.link)
+        return await self.local.fetch(req, events)
+
+    async def _pick(self) -> _Worker | None:
+        """The worker with the fewest fetches in flight; a worker that died is replaced, unless
+        workers keep dying young (then this process fetches)."""
+        async with self._respawn:
+            for i, w in enumerate(self.workers):
+                if not w.alive:
+                    if time.monotonic() - w.started < YOUNG:
+                        self._early_deaths += 1
+                    if self._early_deaths >= GIVE_UP_AFTER:
+                        log.error("fetch workers keep exiting (see above); "
+                                  "fetching in the node process from now on")
+                        self.workers = []
+                        return None
+                    self.workers[i] = await _Worker.spawn(self.config, self._share)
+        return min(self.workers, key=lambda w: len(w.calls))
+
+    async def aclose(self) -> None:
+        await asyncio.gather(*(w.stop() for w in self.workers))
+        await self.sources.aclose()

@@ -1,0 +1,127 @@
+"""A node fetches on worker processes (one per core by default). What a user notices: the
+workers never outlive the node, a worker that dies costs no file, and a node told to use no
+workers still downloads."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from aisdl.models import Bucket
+from conftest import Node
+from helpers import free_port, wait_job
+from origin import payload
+
+
+def workers_of(pid: int) -> list[int]:
+    kids = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        kids += [int(p) for p in (task / "children").read_text().split()]
+    return [k for k in kids if b"aisdl.engine.worker" in _cmdline(k)]
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
+def alive(pid: int) -> bool:
+    state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] \
+        if Path(f"/proc/{pid}/stat").exists() else "X"
+    return state not in ("Z", "X")
+
+
+def wait_gone(pids: list[int], timeout: float = 10) -> list[int]:
+    deadline = time.monotonic() + timeout
+    while (left := [p for p in pids if alive(p)]) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return left
+
+
+@pytest.fixture
+def node2(tmp_path: Path):
+    n = Node(free_port(), tmp_path / "home", tmp_path / "node.log",
+             extra_args=("--retry-delay", "50ms", "--fetch-procs", "2"))
+    n.start()
+    yield n
+    n.stop()
+
+
+def start_slow_job(origin, node, n: int, rate: int = 400_000) -> str:
+    for i in range(n):
+        origin.add(f"/w/f{i:02d}", payload(str(i), 100_000 + i))
+        origin.fault(f"/w/f{i:02d}", "slow", rate=rate)
+    return node.client().start_download({
+        "type": "range", "bucket": {"name": "w"},
+        "template": origin.url_for("/w/") + f"f{{00..{n - 1:02d}}}",
+        "limits": {"connections": 8}})
+
+
+def assert_all_objects(node, n: int) -> None:
+    c, bck = node.client(), Bucket("ais", "w")
+    assert [e["n"] for e in c.list_objects(bck)] == [f"f{i:02d}" for i in range(n)]
+    for i in range(n):
+        assert c.get_object(bck, f"f{i:02d}").content == payload(str(i), 100_000 + i)
+
+
+def test_a_worker_killed_mid_job_costs_no_file(origin, node2):
+    n = 40
+    job = start_slow_job(origin, node2, n)
+    c = node2.client()
+    while c.download_status(job)["finished_cnt"] < 5:
+        time.sleep(0.05)
+    victim = workers_of(node2.proc.pid)[0]
+    os.kill(victim, signal.SIGKILL)
+    st = wait_job(c, job, timeout=60)
+    assert (st["finished_cnt"], st["error_cnt"]) == (n, 0)
+    assert_all_objects(node2, n)
+    assert "fetch worker" in node2.log() and "exited" in node2.log()
+    assert len(workers_of(node2.proc.pid)) == 2  # replaced
+    work = [p for p in node2.home.rglob("*") if ".work" in p.parts and p.is_file()]
+    assert work == []
+
+
+def test_workers_stop_with_the_node(origin, node2):
+    job = start_slow_job(origin, node2, 20, rate=100_000)
+    while not node2.client().download_status(job).get("current_tasks"):
+        time.sleep(0.05)
+    workers = workers_of(node2.proc.pid)
+    assert len(workers) == 2
+    assert node2.stop() == 0
+    assert wait_gone(workers) == []
+
+
+def test_workers_exit_when_the_node_is_killed(origin, node2):
+    """A crashed node leaves no process behind to keep writing files under the restarted one."""
+    job = start_slow_job(origin, node2, 20, rate=100_000)
+    while not node2.client().download_status(job).get("current_tasks"):
+        time.sleep(0.05)
+    workers = workers_of(node2.proc.pid)
+    node2.kill9()
+    assert wait_gone(workers) == []
+    for i in range(20):
+        origin.clear_fault(f"/w/f{i:02d}")
+    node2.start()
+    st = wait_job(node2.client(), job, timeout=60)
+    assert (st["finished_cnt"], st["error_cnt"]) == (20, 0)
+    assert_all_objects(node2, 20)
+
+
+def test_no_workers_fetches_in_the_node_process(origin, tmp_path):
+    n = Node(free_port(), tmp_path / "home", tmp_path / "node.log",
+             extra_args=("--fetch-procs", "0"))
+    n.start()
+    try:
+        job = start_slow_job(origin, n, 10, rate=10_000_000)
+        assert workers_of(n.proc.pid) == []
+        st = wait_job(n.client(), job, timeout=60)
+        assert (st["finished_cnt"], st["error_cnt"]) == (10, 0)
+        assert_all_objects(n, 10)
+    finally:
+        n.stop()
