@@ -8,6 +8,7 @@ fetching from a local test server) or when started with --allow-private-egress.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import socket
 from typing import Any
@@ -38,6 +39,7 @@ def _unwrap(ip: IPAddress) -> IPAddress:
     return ip
 
 
+@functools.lru_cache(maxsize=4096)
 def blocked_reason(address: str, allow_private: bool) -> str | None:
     """Why fetching from `address` is refused, or None when it is allowed."""
     ip = _unwrap(ipaddress.ip_address(address.split("%", 1)[0]))
@@ -56,6 +58,7 @@ def check_address(address: str, allow_private: bool) -> None:
         raise EgressBlocked(f"egress blocked: {address} ({reason})")
 
 
+@functools.lru_cache(maxsize=4096)  # asked once per request: parse each host once
 def is_ip_literal(host: str) -> bool:
     try:
         ipaddress.ip_address(host.strip("[]"))

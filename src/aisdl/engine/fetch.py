@@ -51,6 +51,7 @@ class FetchRequest:
     timeout: float | None = None
     throttle: TokenBucket | None = None
     validator: str | None = None              # ETag or Last-Modified of the bytes in `work`
+    sidecar: bool = False                     # whether `work` may have a validator file
 
 
 def _sidecar(work: Path) -> Path:
@@ -73,7 +74,7 @@ class Fetcher:
         while True:
             before = _size(req.work)
             try:
-                return await self._attempt(req, events)
+                return await self._attempt(req, events, before)
             except SourceError as err:
                 if _size(req.work) > before:
                     failures = 0  # bytes arrived: the source is alive, renew the budget
@@ -85,8 +86,8 @@ class Fetcher:
                 failures += 1
                 await asyncio.sleep(delay)
 
-    async def _attempt(self, req: FetchRequest, events: TaskEvents) -> Fetched:
-        start, if_range = _resume_point(req)
+    async def _attempt(self, req: FetchRequest, events: TaskEvents, size: int) -> Fetched:
+        start, if_range = _resume_point(req, size)
         source = self.sources.for_link(req.link)
         async with source.open(req.link, start=start, if_range=if_range, stored=req.stored,
                                headers=req.headers, timeout=req.timeout) as obj:
@@ -99,6 +100,7 @@ class Fetcher:
                 if meta.size is None or meta.size >= SIDECAR_FROM:
                     # Worth resuming after a crash: keep the validator beside the bytes.
                     _sidecar(req.work).write_text(req.validator or "")
+                    req.sidecar = True
             events.started(obj.offset, meta.size)
             digest = _Digest(meta) if obj.offset == 0 else None
             await self._stream(req, obj, events, digest)
@@ -107,7 +109,8 @@ class Fetcher:
                 None, _verify, req.work, meta)
         else:
             size, cksum = digest.check(req.work)
-        _sidecar(req.work).unlink(missing_ok=True)
+        if req.sidecar:
+            _sidecar(req.work).unlink(missing_ok=True)
         return Fetched(unchanged=False, size=size, cksum=cksum, custom=meta.custom(req.link))
 
     async def _stream(self, req: FetchRequest, obj: Any, events: TaskEvents,
@@ -136,12 +139,12 @@ def _size(path: Path) -> int:
         return 0
 
 
-def _resume_point(req: FetchRequest) -> tuple[int, str | None]:
-    """Bytes already on disk and the validator to send as If-Range, or (0, None)."""
-    size = _size(req.work)
+def _resume_point(req: FetchRequest, size: int) -> tuple[int, str | None]:
+    """Bytes already on disk (`size`) and the validator to send as If-Range, or (0, None)."""
     if size and req.validator is None:
         try:
             req.validator = _sidecar(req.work).read_text() or None  # left by a previous run
+            req.sidecar = True
         except FileNotFoundError:
             pass
     return (size, req.validator) if size and req.validator else (0, None)

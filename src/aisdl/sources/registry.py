@@ -11,6 +11,8 @@ if TYPE_CHECKING:
     from aisdl.sources.cloud import CloudSource
 
 CLOUD_SCHEMES = ("s3", "gs", "az")
+READ_BUFFER = 1 << 20  # body bytes a connection buffers before it pauses reading: 64 KiB (the
+                       # default) pauses and resumes a fast socket every few reads
 
 
 class Sources:
@@ -36,7 +38,7 @@ class Sources:
             limit=connections, limit_per_host=min(config.max_per_host, connections),
             resolver=EgressResolver(allow_private), ttl_dns_cache=60)
         session = aiohttp.ClientSession(connector=connector, auto_decompress=False,
-                                        trust_env=False)
+                                        trust_env=False, read_bufsize=READ_BUFFER)
         return cls(HttpSource(session, allow_private), CloudSource(config.cloud))
 
     async def aclose(self) -> None:
