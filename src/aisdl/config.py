@@ -16,10 +16,13 @@ class RetryPolicy:
     max_delay: float = 30.0     # cap for one backoff sleep, and for a server's Retry-After
 
 
+MAX_DEFAULT_FETCH_PROCS = 8  # each one drives thousands of files/s; more only cost memory
+
+
 def default_fetch_procs() -> int:
-    """One fetch worker process per core; a single core fetches in the node process."""
+    """One fetch worker process per core, up to 8; a single core fetches in the node process."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return cores if cores and cores > 1 else 0
+    return min(cores, MAX_DEFAULT_FETCH_PROCS) if cores and cores > 1 else 0
 
 
 @dataclass(frozen=True)

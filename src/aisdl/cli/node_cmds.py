@@ -36,7 +36,7 @@ from aisdl.sources.cloud_settings import CloudSettings
               show_default=True, help="The event loop implementation.")
 @click.option("--fetch-procs", type=click.IntRange(min=0), default=None,
               help="Worker processes that fetch objects (0: fetch in the node process) "
-                   "[default: one per core].")
+                   "[default: one per core, up to 8].")
 def serve(port: int, host: str, home: Path | None, mountpaths: tuple[Path, ...],
           allow_private_egress: bool, max_conns: int, retry_attempts: int,
           retry_delay: float, event_loop: str, fetch_procs: int | None) -> None:

@@ -9,6 +9,7 @@ import asyncio
 import logging
 import os
 import signal
+import stat
 import sys
 from typing import Any
 
@@ -98,6 +99,9 @@ async def serve(channel: int) -> None:
 
 
 def main() -> None:
+    mode = os.fstat(0).st_mode
+    if not (stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode)):
+        sys.exit("aisdl.engine.worker is started by the node (`ais serve`), not by hand")
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl+C stops the node; the node stops us
     channel = os.dup(1)
     os.dup2(2, 1)  # a stray print lands in the node's log, never inside a frame
