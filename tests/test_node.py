@@ -67,3 +67,18 @@ def test_egress_rules():
     assert "metadata" in blocked_reason("169.254.169.254", allow_private=True)
     assert "metadata" in blocked_reason("fd00:ec2::254", allow_private=True)
     assert "metadata" in blocked_reason("::ffff:169.254.169.254", allow_private=True)
+
+
+def test_a_client_outlives_a_node_restart(node):
+    """A script's Client keeps one connection alive between calls; when the node restarts
+    under it, the next call reconnects instead of failing."""
+    from aisdl.client import NodeUnreachable
+    from aisdl.models import Bucket
+
+    c = node.client()
+    c.create_bucket(Bucket("ais", "kept"))
+    node.restart()
+    assert Bucket("ais", "kept") in c.list_buckets()
+    node.stop()
+    with pytest.raises(NodeUnreachable, match="cannot reach the node"):
+        c.list_buckets()
