@@ -16,6 +16,12 @@ class RetryPolicy:
     max_delay: float = 30.0     # cap for one backoff sleep, and for a server's Retry-After
 
 
+def default_home() -> Path:
+    """`$AISDL_HOME`, else `~/.aisdl`: where a background node keeps its data and log."""
+    env = os.environ.get("AISDL_HOME")
+    return Path(env) if env else Path.home() / ".aisdl"
+
+
 MAX_DEFAULT_FETCH_PROCS = 8  # each one drives thousands of files/s; more only cost memory
 
 

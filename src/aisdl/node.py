@@ -4,22 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import signal
 import sys
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from aisdl.config import NodeConfig
 
 if TYPE_CHECKING:  # the web stack loads only in the node process, not in every `ais` command
     from aiohttp import web
-
-
-def default_home() -> Path:
-    """`$AISDL_HOME`, else `~/.aisdl`: where a background node keeps its data and log."""
-    env = os.environ.get("AISDL_HOME")
-    return Path(env) if env else Path.home() / ".aisdl"
 
 
 def run_node(config: NodeConfig) -> None:

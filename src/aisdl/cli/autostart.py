@@ -10,7 +10,7 @@ from urllib.parse import urlsplit
 import click
 
 from aisdl.client import Client, NodeUnreachable
-from aisdl.node import default_home
+from aisdl.config import default_home
 
 
 def ensure_node(endpoint: str) -> None:

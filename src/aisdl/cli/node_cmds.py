@@ -11,8 +11,7 @@ import click
 from aisdl.cli.context import CliContext
 from aisdl.cli.params import DURATION
 from aisdl.client import Client
-from aisdl.config import NodeConfig, RetryPolicy
-from aisdl.node import default_home, run_node
+from aisdl.config import NodeConfig, RetryPolicy, default_home
 from aisdl.sources.cloud_settings import CloudSettings
 
 
@@ -51,6 +50,8 @@ def serve(port: int, host: str, home: Path | None, mountpaths: tuple[Path, ...],
     if fetch_procs is not None:
         config = replace(config, fetch_procs=fetch_procs)
     cloud = CloudSettings.from_env(os.environ, allow_private=config.may_fetch_private)
+    from aisdl.node import run_node  # asyncio and the web stack: only for `ais serve`
+
     run_node(replace(config, cloud=cloud))
 
 
