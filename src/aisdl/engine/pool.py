@@ -59,6 +59,8 @@ class _Worker:
         return worker
 
     async def fetch(self, req: FetchRequest, events: TaskEvents) -> Fetched:
+        if not self.alive:  # died since it was picked: no reader is left to answer
+            raise WorkerLost
         rid = next(self._ids)
         done = asyncio.get_running_loop().create_future()
         self.calls[rid] = (done, events)
@@ -95,8 +97,11 @@ class _Worker:
                     self._on(message)
         except (asyncio.IncompleteReadError, ConnectionError):
             pass
-        finally:
+        finally:  # also after a frame we cannot read: that worker is of no further use
             self.alive = False
+            if self.proc.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    self.proc.kill()
             for fut, _ in self.calls.values():
                 if not fut.done():
                     fut.set_exception(WorkerLost())
@@ -109,7 +114,10 @@ class _Worker:
             if call:
                 call[1].started(message[2], message[3])  # sets the absolute position
             return
-        fut, events = self.calls.pop(rid)
+        call = self.calls.pop(rid, None)
+        if call is None:  # a cancelled fetch that stopped waiting for its worker
+            return
+        fut, events = call
         events.started(message[3], message[4])
         if not fut.done():
             fut.set_result(message[2])
