@@ -250,16 +250,40 @@ def test_cloud_destination_writes_through(origin, s3_server, azure_server, cais)
         assert [e["n"] for e in local] == ["models/model.bin"]  # and stored here too
 
 
-def test_listing_failure_is_one_clear_job_error(cloud_node):
-    """A backend job whose bucket cannot be listed ends with one error that says why."""
+def test_a_missing_cloud_destination_is_refused_before_any_job(origin, s3_server, cais):
+    origin.add("/model.bin", payload("model", 5000))
+    r = cais("start", "download", origin.url_for("/model.bin"),
+             "s3://no-such-bucket-here/model.bin", check=False)
+    assert r.returncode == 1
+    assert r.stderr.strip() == 'Error: aws bucket "s3://no-such-bucket-here" does not exist'
+    assert "Warning" not in r.stderr  # nothing claims the bucket will be created
+    assert cais("show", "job", "download", "--json").stdout.strip() in ("[]", "")
+
+
+def test_listing_failure_is_one_clear_job_error(s3_server, cloud_node):
+    """A missing bucket is refused at the start; one that disappears while the job lists it
+    (pages of 1,000) ends the job with one error that says why."""
+    from aisdl.errors import NotFound
+
     c = cloud_node.client()
-    job = c.start_download({"type": "backend", "bucket": {"name": "no-such-bucket-x",
-                                                          "provider": "aws"}})
-    st = wait_job(c, job)
-    assert (st["finished_cnt"], st["error_cnt"]) == (0, 1)
-    err = st["download_errors"][0]
-    assert err["name"] == "s3://no-such-bucket-x"
-    assert err["error"].startswith("listing failed:") and "does not exist" in err["error"]
+    with pytest.raises(NotFound, match='aws bucket "s3://no-such-bucket-x" does not exist'):
+        c.start_download({"type": "backend",
+                          "bucket": {"name": "no-such-bucket-x", "provider": "aws"}})
+    assert not [j for j in c.list_downloads() if "no-such-bucket-x" in j["description"]]
+    src = s3_server.new_bucket(versioned=False)
+    keys = [f"o{i:04d}" for i in range(1200)]
+    s3_server.put_many(src, [(k, b"x") for k in keys])
+    job = c.start_download({"type": "backend", "bucket": {"name": src, "provider": "aws"},
+                            "limits": {"connections": 4}})
+    for i in range(0, len(keys), 1000):  # gone long before the job needs its second page
+        s3_server.client.delete_objects(
+            Bucket=src, Delete={"Objects": [{"Key": k} for k in keys[i:i + 1000]]})
+    s3_server.client.delete_bucket(Bucket=src)
+    st = wait_job(c, job, timeout=120)
+    listing = [e for e in st["download_errors"] if e["error"].startswith("listing failed:")]
+    assert len(listing) == 1 and listing[0]["name"] == f"s3://{src}"
+    assert "does not exist" in listing[0]["error"]
+    assert st["finished_cnt"] < len(keys)
 
 
 def test_upstream_backend_prefix_suffix_and_abort(s3_server, cloud_node):

@@ -8,6 +8,7 @@ from typing import Any
 from aiohttp import web
 
 from aisdl.api.keys import JOBS
+from aisdl.api.remote import known_bucket
 from aisdl.errors import BadRequest
 from aisdl.jobs.request import parse_start_request
 
@@ -31,6 +32,7 @@ async def _admin_body(request: web.Request) -> dict[str, Any]:
 
 async def start(request: web.Request) -> web.Response:
     spec = parse_start_request(await request.read())
+    await known_bucket(request.app, spec.bucket)  # a cloud DEST must exist: we cannot make it
     job_id = await request.app[JOBS].create(spec)
     return web.json_response({"id": job_id})
 
