@@ -87,6 +87,23 @@ def test_show_while_running_progress_and_errors(origin, ais):
         "Done: 10 files downloaded, 2 errors")
 
 
+def test_show_with_refresh_repeats_until_the_job_finishes(origin, ais):
+    """`--refresh` is the time between reports: without --progress the status repeats until
+    the job is done, for one job and for the job list."""
+    for i in range(4):
+        origin.add(f"/r/f{i}", payload(str(i), 200_000))
+        origin.fault(f"/r/f{i}", "slow", rate=250_000)
+    job = _job_id(ais("start", "download", origin.url_for("/r/") + "f{0..3}", "ais://b/",
+                      "--conns=2"))
+    out = ais("show", "job", "download", job, "--refresh", "200ms").stdout.splitlines()
+    reports = [line for line in out if line.startswith("Download progress: ")]
+    assert len(reports) >= 2, out
+    assert out[-1] == "Done: 4 files downloaded"
+    listed = ais("show", "job", "download", "--refresh", "100ms").stdout.splitlines()
+    assert listed[1].split()[:2] == [job, "Finished"]  # finished: one report, no repeat
+    assert len(listed) == 2
+
+
 def test_max_conns_limits_files_in_flight(origin, ais):
     for i in range(6):
         origin.add(f"/c/f{i}", payload(str(i), 120_000))

@@ -198,36 +198,48 @@ def _wait_for(client: Client, job_id: str, refresh: float, timeout: float | None
 def show_job(obj: CliContext, args: tuple[str, ...], regex: str, progress: bool,
              refresh: float, verbose: bool, show_all: bool, as_json: bool,
              no_headers: bool) -> None:
-    """Show download jobs, or the status of one: `ais show job download [JOB_ID]`."""
+    """Show download jobs, or the status of one: `ais show job download [JOB_ID]`. With
+    --refresh (and no --progress) the report repeats until the jobs finish (Ctrl-C stops)."""
     job_id = _kind_and_id(args, "show job", required=False)
     client = obj.client
-    if job_id is None:
-        _list_jobs(client, regex, as_json, no_headers)
-        return
-    if progress:
+    if progress and job_id is not None:
         _finish(_show_progress(client, job_id, refresh), bars=True)
         return
-    st = client.download_status(job_id)
-    if as_json:
-        click.echo(json.dumps(st, indent=4))
-        return
-    for line in jobview.status_lines(st, verbose):
-        click.echo(line)
+    repeat = click.get_current_context().get_parameter_source("refresh") \
+        == click.core.ParameterSource.COMMANDLINE
+    while True:
+        if job_id is None:
+            running = _list_jobs(client, regex, as_json, no_headers)
+        else:
+            st = client.download_status(job_id)
+            running = not jobview.is_finished(st)
+            if as_json:
+                click.echo(json.dumps(st, indent=4))
+            else:
+                for line in jobview.status_lines(st, verbose):
+                    click.echo(line)
+        if not (repeat and running):
+            return
+        time.sleep(refresh)
+        click.echo()
 
 
-def _list_jobs(client: Client, regex: str, as_json: bool, no_headers: bool) -> None:
+def _list_jobs(client: Client, regex: str, as_json: bool, no_headers: bool) -> bool:
+    """Print the jobs; whether any of them is still running."""
     jobs = jobview.sort_jobs(client.list_downloads(regex=regex))
+    running = any(not jobview.is_finished(j) for j in jobs)
     if as_json:
         click.echo(json.dumps(jobs, indent=4))
-        return
+        return running
     if not jobs:
         click.echo("No download jobs" + (f" matching {regex!r}" if regex else ""))
-        return
+        return running
     if not no_headers:
         click.echo("JOB ID\t\t STATUS\t\t ERRORS\t DESCRIPTION")
     for j in jobs:
         click.echo(f"{j['id']}\t {jobview.job_status_word(j)}\t {j['error_cnt']}\t"
                    f" {j['description']}")
+    return running
 
 
 # -- wait, stop, rm -----------------------------------------------------------------------------
