@@ -32,9 +32,12 @@ def _cmdline(pid: int) -> bytes:
 
 
 def alive(pid: int) -> bool:
-    state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] \
-        if Path(f"/proc/{pid}/stat").exists() else "X"
-    return state not in ("Z", "X")
+    """Running, not a zombie (one read of /proc: the process may go at any moment)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
 
 
 def wait_gone(pids: list[int], timeout: float = 10) -> list[int]:

@@ -14,16 +14,21 @@ if TYPE_CHECKING:  # the web stack loads only in the node process, not in every 
     from aiohttp import web
 
 
-def run_node(config: NodeConfig) -> None:
-    """Serve until SIGTERM/SIGINT; the app's cleanup contexts stop jobs and close the database."""
-    from aisdl.api.app import create_app
-
-    config.home.mkdir(parents=True, exist_ok=True)
+def setup_logging() -> None:
+    """The node's log on stderr; its fetch workers write the same lines into the same log."""
     logging.basicConfig(
         level=logging.INFO, stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+
+
+def run_node(config: NodeConfig) -> None:
+    """Serve until SIGTERM/SIGINT; the app's cleanup contexts stop jobs and close the database."""
+    from aisdl.api.app import create_app
+
+    config.home.mkdir(parents=True, exist_ok=True)
+    setup_logging()
     runner = asyncio.run
     if config.event_loop == "uvloop":
         import uvloop

@@ -16,6 +16,7 @@ from typing import Any
 from aisdl.engine.fetch import Fetcher, FetchRequest
 from aisdl.engine.ipc import Outbox, receive
 from aisdl.errors import SourceError
+from aisdl.node import setup_logging
 from aisdl.sources.registry import Sources
 
 log = logging.getLogger("aisdl.worker")
@@ -105,8 +106,7 @@ def main() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl+C stops the node; the node stops us
     channel = os.dup(1)
     os.dup2(2, 1)  # a stray print lands in the node's log, never inside a frame
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging()
     asyncio.run(serve(channel))
 
 
