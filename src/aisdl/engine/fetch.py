@@ -88,6 +88,12 @@ class Fetcher:
 
     async def _attempt(self, req: FetchRequest, events: TaskEvents, size: int) -> Fetched:
         start, if_range = _resume_point(req, size)
+        curl = self.sources.curl
+        if curl is not None and req.throttle is None and req.link[:4].lower() == "http":
+            got = await curl.attempt(req, events, start, if_range)
+            if isinstance(got, Fetched):
+                return got
+            return await self._end_body(req, got.meta, got.digest)
         source = self.sources.for_link(req.link)
         async with source.open(req.link, start=start, if_range=if_range, stored=req.stored,
                                headers=req.headers, timeout=req.timeout) as obj:
@@ -95,15 +101,13 @@ class Fetcher:
                                     and req.stored.same_as(obj.meta)):
                 return Fetched(unchanged=True)
             meta = obj.meta
-            if obj.offset == 0:
-                req.validator = meta.etag and f'"{meta.etag}"' or meta.last_modified
-                if meta.size is None or meta.size >= SIDECAR_FROM:
-                    # Worth resuming after a crash: keep the validator beside the bytes.
-                    _sidecar(req.work).write_text(req.validator or "")
-                    req.sidecar = True
+            digest = begin_body(req, meta, obj.offset)
             events.started(obj.offset, meta.size)
-            digest = _Digest(meta) if obj.offset == 0 else None
             await self._stream(req, obj, events, digest)
+        return await self._end_body(req, meta, digest)
+
+    async def _end_body(self, req: FetchRequest, meta: SourceObject,
+                        digest: Digest | None) -> Fetched:
         if digest is None:  # resumed: hash what is on disk
             size, cksum = await asyncio.get_running_loop().run_in_executor(
                 None, _verify, req.work, meta)
@@ -114,7 +118,7 @@ class Fetcher:
         return Fetched(unchanged=False, size=size, cksum=cksum, custom=meta.custom(req.link))
 
     async def _stream(self, req: FetchRequest, obj: Any, events: TaskEvents,
-                      digest: _Digest | None) -> None:
+                      digest: Digest | None) -> None:
         chunk = req.throttle.chunk_size if req.throttle else CHUNK
         with open(req.work, "r+b" if obj.offset else "wb") as f:
             if obj.offset:
@@ -130,6 +134,18 @@ class Fetcher:
                         await req.throttle.wait_ready()
             finally:
                 await writer.close()  # also after a failure: what arrived is kept for resume
+
+
+def begin_body(req: FetchRequest, meta: SourceObject, offset: int) -> Digest | None:
+    """Before a body's first byte: remember its validator (beside the bytes when the file is
+    worth resuming after a crash); a body from byte 0 is hashed as it streams."""
+    if offset:
+        return None
+    req.validator = meta.etag and f'"{meta.etag}"' or meta.last_modified
+    if meta.size is None or meta.size >= SIDECAR_FROM:
+        _sidecar(req.work).write_text(req.validator or "")
+        req.sidecar = True
+    return Digest(meta)
 
 
 def _size(path: Path) -> int:
@@ -156,7 +172,7 @@ class _BatchWriter:
     flight and one filling at most, which bounds memory per transfer; a body smaller than one
     batch is written on the spot, where a thread hop would cost more than it saves."""
 
-    def __init__(self, f: BinaryIO, digest: _Digest | None, pool: ThreadPoolExecutor) -> None:
+    def __init__(self, f: BinaryIO, digest: Digest | None, pool: ThreadPoolExecutor) -> None:
         self.f, self.digest, self.pool = f, digest, pool
         self.buffers: list[bytes] = []
         self.size = 0
@@ -188,7 +204,7 @@ class _BatchWriter:
                 self.digest.update(data)
 
 
-class _Digest:
+class Digest:
     """Hashes computed while the bytes stream (no second read of the file)."""
 
     def __init__(self, meta: SourceObject) -> None:
@@ -210,7 +226,7 @@ class _Digest:
 
 def _verify(work: Path, meta: SourceObject) -> tuple[int, str]:
     """Size and xxhash of a finished work file read back from disk (after a resume)."""
-    digest = _Digest(meta)
+    digest = Digest(meta)
     with open(work, "rb") as f:
         while data := f.read(4 << 20):
             digest.update(data)

@@ -11,12 +11,14 @@ from http import HTTPStatus
 from urllib.parse import urlsplit
 
 import aiohttp
+from multidict import CIMultiDict, CIMultiDictProxy
 
 from aisdl.engine.egress import EgressBlocked, check_address, is_ip_literal
 from aisdl.errors import SourceError
 from aisdl.sources.base import SourceObject
 
 TRANSIENT_STATUS = {408, 425, 429, 500, 502, 503, 504}
+Headers = CIMultiDict[str] | CIMultiDictProxy[str]
 CHUNK_CAP = 64 * 1024  # smaller requested chunks are honoured exactly (a throttled read)
 
 
@@ -50,12 +52,13 @@ def _b64hex(value: str) -> str | None:
         return None
 
 
-def validators(resp: aiohttp.ClientResponse, link: str) -> SourceObject:
-    h = resp.headers
+def validators(status: int, h: Headers) -> SourceObject:
+    """What a response's headers say about the object (one parser for aiohttp and libcurl)."""
     size = None
-    if resp.status == 200 and resp.content_length is not None:
-        size = resp.content_length
-    elif resp.status == 206 and "/" in h.get("Content-Range", ""):
+    length = h.get("Content-Length", "")
+    if status == 200 and length.isdigit():
+        size = int(length)
+    elif status == 206 and "/" in h.get("Content-Range", ""):
         total = h["Content-Range"].rsplit("/", 1)[1]
         size = int(total) if total.isdigit() else None
     hashes: dict[str, str | None] = {}
@@ -75,7 +78,7 @@ def validators(resp: aiohttp.ClientResponse, link: str) -> SourceObject:
                         md5=hashes.get("md5"), crc32c=hashes.get("crc32c"))
 
 
-def _status_error(status: int, retry_after: str | None) -> SourceError:
+def status_error(status: int, retry_after: str | None) -> SourceError:
     try:
         reason = HTTPStatus(status).phrase
     except ValueError:
@@ -140,11 +143,11 @@ class HttpSource:
                 yield HttpRead(stored, 0, True, None)
                 return
             if resp.status >= 400:
-                raise _status_error(resp.status, resp.headers.get("Retry-After"))
+                raise status_error(resp.status, resp.headers.get("Retry-After"))
             offset = start if resp.status == 206 else 0
             if resp.status == 206 and not resp.headers.get(
                     "Content-Range", "").startswith(f"bytes {start}-"):
                 raise SourceError("the source answered a different range", transient=True)
-            yield HttpRead(validators(resp, link), offset, False, resp)
+            yield HttpRead(validators(resp.status, resp.headers), offset, False, resp)
         finally:
             resp.release()

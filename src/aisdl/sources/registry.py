@@ -8,6 +8,7 @@ from aisdl.sources.http import HttpSource
 
 if TYPE_CHECKING:
     from aisdl.config import NodeConfig
+    from aisdl.engine.curl import CurlEngine
     from aisdl.sources.cloud import CloudSource
 
 CLOUD_SCHEMES = ("s3", "gs", "az")
@@ -16,9 +17,11 @@ READ_BUFFER = 1 << 20  # body bytes a connection buffers before it pauses readin
 
 
 class Sources:
-    def __init__(self, http: HttpSource, cloud: CloudSource) -> None:
+    def __init__(self, http: HttpSource, cloud: CloudSource,
+                 curl: CurlEngine | None = None) -> None:
         self.http = http
         self.cloud = cloud
+        self.curl = curl  # plain http(s) GETs on libcurl, when it is there
 
     def for_link(self, link: str) -> Any:
         scheme = link.split("://", 1)[0].lower()
@@ -27,9 +30,10 @@ class Sources:
     @classmethod
     def open(cls, config: NodeConfig, connections: int) -> Sources:
         """Every source of a node (or of one fetch worker, with its share of `connections`);
-        obstore and aiohttp load only here, inside the node's processes."""
+        obstore, aiohttp and pycurl load only here, inside the node's processes."""
         import aiohttp
 
+        from aisdl.engine.curl import CurlEngine
         from aisdl.engine.egress import EgressResolver
         from aisdl.sources.cloud import CloudSource
 
@@ -39,8 +43,11 @@ class Sources:
             resolver=EgressResolver(allow_private), ttl_dns_cache=60)
         session = aiohttp.ClientSession(connector=connector, auto_decompress=False,
                                         trust_env=False, read_bufsize=READ_BUFFER)
-        return cls(HttpSource(session, allow_private), CloudSource(config.cloud))
+        curl = CurlEngine(connections, min(config.max_per_host, connections), allow_private)
+        return cls(HttpSource(session, allow_private), CloudSource(config.cloud), curl)
 
     async def aclose(self) -> None:
+        if self.curl is not None:
+            self.curl.close()
         await self.http.session.close()
         await self.cloud.aclose()

@@ -1,0 +1,347 @@
+"""Plain http(s) GETs on libcurl (pycurl): one multi handle drives every such transfer of a
+process and writes and hashes bodies in its callbacks. Per small file this
+costs about a third of the CPU of an aiohttp request, which is what bounds a node on many
+small files. Only single attempts run here: planning, retries and resume stay in the Fetcher,
+and the rules for what a response means are the same functions the aiohttp path uses."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.metadata
+import logging
+import os
+import socket
+import ssl
+import time
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+import pycurl  # type: ignore[import-untyped]
+from multidict import CIMultiDict
+
+from aisdl.engine.egress import blocked_reason
+from aisdl.engine.fetch import Digest, Fetched, FetchRequest, TaskEvents, begin_body
+from aisdl.errors import SourceError
+from aisdl.sources.base import SourceObject
+from aisdl.sources.http import status_error, validators
+
+log = logging.getLogger("aisdl.engine")
+BUFFER = 512 * 1024      # per connection; bigger buys nothing measurable on 512 MiB files
+WATCH_EVERY = 0.05       # seconds between checks for stalled transfers
+_TIMED_OUT = "request timed out (timeout exceeded)"
+_UNTRUSTED = {pycurl.E_PEER_FAILED_VERIFICATION, pycurl.E_SSL_CACERT_BADFILE}
+_LOST = {pycurl.E_PARTIAL_FILE, pycurl.E_RECV_ERROR, pycurl.E_GOT_NOTHING, pycurl.E_SEND_ERROR}
+
+
+@dataclass
+class Body:
+    """A body written to the work file; the Fetcher checks it (and hashes it when resumed)."""
+
+    meta: SourceObject
+    digest: Digest | None
+
+
+class _Transfer:
+    """One attempt, from submission until its outcome reaches the event loop."""
+
+    def __init__(self, req: FetchRequest, events: TaskEvents, start: int, if_range: str | None,
+                 final: asyncio.Future[Any]) -> None:
+        self.req, self.events, self.start, self.if_range = req, events, start, if_range
+        self.final = final
+        self.lines: list[bytes] = []
+        self.handle: _Handle | None = None
+        self.fd: int | None = None
+        self.meta: SourceObject | None = None
+        self.digest: Digest | None = None
+        self.offset = 0
+        self.outcome: Any = None        # Fetched, Body or an exception, once decided
+        self.blocked: str | None = None
+        self.active = time.monotonic()  # last sign of life, for the stall watchdog
+
+
+class _Handle:
+    """A reusable easy handle; its callbacks act on the transfer it currently runs."""
+
+    def __init__(self, engine: CurlEngine) -> None:
+        self.engine = engine
+        self.t: _Transfer | None = None
+        c = self.curl = pycurl.Curl()
+        c.owner = self  # info_read hands back the pycurl object
+        c.setopt(pycurl.NOSIGNAL, 1)
+        c.setopt(pycurl.BUFFERSIZE, BUFFER)
+        c.setopt(pycurl.FOLLOWLOCATION, 1)
+        c.setopt(pycurl.MAXREDIRS, 10)
+        c.setopt(pycurl.PROTOCOLS, pycurl.PROTO_HTTP | pycurl.PROTO_HTTPS)
+        c.setopt(pycurl.REDIR_PROTOCOLS, pycurl.PROTO_HTTP | pycurl.PROTO_HTTPS)
+        c.setopt(pycurl.PROXY, "")  # like the aiohttp session: no proxies from the environment
+        c.setopt(pycurl.HTTP_VERSION, pycurl.CURL_HTTP_VERSION_1_1)
+        c.setopt(pycurl.USERAGENT, engine.user_agent)
+        if engine.cafile:
+            c.setopt(pycurl.CAINFO, engine.cafile)
+        c.setopt(pycurl.WRITEFUNCTION, self._write)
+        c.setopt(pycurl.HEADERFUNCTION, self._header)
+        c.setopt(pycurl.OPENSOCKETFUNCTION, self._open_socket)
+
+    def _header(self, line: bytes) -> None:
+        t = self.t
+        assert t is not None
+        if line.startswith(b"HTTP/"):
+            t.lines.clear()  # a new response (after a redirect): only the last one counts
+        t.lines.append(line)
+        t.active = time.monotonic()
+
+    def _write(self, data: bytes) -> int | None:
+        t = self.t
+        assert t is not None
+        try:
+            if t.fd is None and not self.engine.begin(t):
+                return 0  # decided by the headers alone: stop the transfer here
+            assert t.fd is not None
+            view = memoryview(data)
+            while view:
+                view = view[os.write(t.fd, view):]
+        except Exception as exc:  # noqa: BLE001 - an exception may not escape into libcurl
+            t.outcome = exc
+            return 0
+        if t.digest is not None:
+            t.digest.update(data)
+        t.events.advanced(len(data))
+        t.active = time.monotonic()
+        return None
+
+    def _open_socket(self, purpose: int, address: Any) -> Any:
+        reason = blocked_reason(address.addr[0], self.engine.allow_private)
+        if reason:
+            assert self.t is not None
+            self.t.blocked = f"egress blocked: {address.addr[0]} ({reason})"
+            return pycurl.SOCKET_BAD
+        return socket.socket(address.family, address.socktype, address.protocol)
+
+
+class CurlEngine:
+    """libcurl's multi interface on the process's event loop: its sockets are watched by the
+    loop's selector and its timer is a loop timer, so a transfer costs no thread hand-offs."""
+
+    def __init__(self, connections: int, per_host: int, allow_private: bool) -> None:
+        self.allow_private = allow_private
+        self.user_agent = f"aisdl/{importlib.metadata.version('aisdl')}"
+        paths = ssl.get_default_verify_paths()
+        self.cafile = paths.cafile or (paths.openssl_cafile
+                                       if os.path.exists(paths.openssl_cafile) else None)
+        m = self.multi = pycurl.CurlMulti()
+        m.setopt(pycurl.M_MAX_TOTAL_CONNECTIONS, connections)
+        m.setopt(pycurl.M_MAXCONNECTS, connections)
+        if per_host:
+            m.setopt(pycurl.M_MAX_HOST_CONNECTIONS, per_host)
+        m.setopt(pycurl.M_SOCKETFUNCTION, self._on_socket)
+        m.setopt(pycurl.M_TIMERFUNCTION, self._on_timer)
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.watched: dict[int, int] = {}
+        self.timer: asyncio.TimerHandle | None = None
+        self.watchdog: asyncio.TimerHandle | None = None
+        self.running: set[_Transfer] = set()
+        self.idle: list[_Handle] = []
+
+    async def attempt(self, req: FetchRequest, events: TaskEvents, start: int,
+                      if_range: str | None) -> Fetched | Body:
+        self.loop = asyncio.get_running_loop()
+        t = _Transfer(req, events, start, if_range, self.loop.create_future())
+        self._add(t)
+        try:
+            result: Fetched | Body = await t.final
+            return result
+        except asyncio.CancelledError:
+            if t in self.running:  # stop now: the work file is not touched after this
+                t.outcome = asyncio.CancelledError()
+                self._finish(t)
+            raise
+
+    def close(self) -> None:
+        for t in list(self.running):
+            t.outcome = asyncio.CancelledError()
+            self._finish(t)
+        for fd in list(self.watched):
+            self._on_socket(pycurl.POLL_REMOVE, fd, None, None)
+        if self.timer is not None:
+            self.timer.cancel()
+        self.multi.close()
+
+    def _add(self, t: _Transfer) -> None:
+        h = self.idle.pop() if self.idle else _Handle(self)
+        h.t, t.handle = t, h
+        req = t.req
+        c = h.curl
+        c.setopt(pycurl.URL, req.link)
+        headers = [f"{k}: {v}" for k, vs in req.headers.items() for v in vs]
+        if t.start and t.if_range:
+            headers += [f"Range: bytes={t.start}-", f"If-Range: {t.if_range}"]
+        elif req.stored is not None:
+            if req.stored.etag:
+                headers.append(f'If-None-Match: "{req.stored.etag}"')
+            if req.stored.last_modified:
+                headers.append(f"If-Modified-Since: {req.stored.last_modified}")
+        c.setopt(pycurl.HTTPHEADER, headers)
+        self.running.add(t)
+        t.active = time.monotonic()
+        if req.timeout and self.watchdog is None:
+            self.watchdog = self.loop.call_later(WATCH_EVERY, self._watch)  # type: ignore
+        self.multi.add_handle(c)
+
+    def _act(self, fd: int, flags: int) -> None:
+        self.multi.socket_action(fd, flags)
+        self._collect()
+
+    def _on_deadline(self) -> None:
+        self.timer = None
+        self.multi.socket_action(pycurl.SOCKET_TIMEOUT, 0)
+        self._collect()
+
+    def _collect(self) -> None:
+        while True:
+            queued, ok, failed = self.multi.info_read()
+            for c in ok:
+                self._complete(c.owner.t, 0, "")
+            for c, code, message in failed:
+                self._complete(c.owner.t, code, message)
+            if not queued:
+                return
+
+    def _complete(self, t: _Transfer, code: int, message: str) -> None:
+        if t.outcome is None:
+            try:
+                t.outcome = self._outcome(t, code, message)
+            except Exception as exc:  # noqa: BLE001 - e.g. the work file could not be created
+                t.outcome = exc
+        self._finish(t)
+
+    def _outcome(self, t: _Transfer, code: int, message: str) -> Fetched | Body | Exception:
+        if code:
+            return self._error(t, code, message)
+        if t.fd is None and not self.begin(t):  # an empty body: headers decide alone
+            return t.outcome  # type: ignore[no-any-return]
+        assert t.meta is not None
+        return Body(t.meta, t.digest)
+
+    def _error(self, t: _Transfer, code: int, message: str) -> Exception:
+        link = t.req.link
+        if code == pycurl.E_COULDNT_CONNECT and t.blocked:
+            return SourceError(f"dload: {t.blocked}", transient=False)
+        if code == pycurl.E_COULDNT_RESOLVE_HOST:
+            url = t.handle.curl.getinfo(pycurl.EFFECTIVE_URL) if t.handle else link
+            host = urlsplit(url).hostname
+            return SourceError(f"cannot resolve host {host!r}", transient=False)
+        if code == pycurl.E_COULDNT_CONNECT:
+            return SourceError(f"cannot connect: {message}", transient=True)
+        if code == pycurl.E_OPERATION_TIMEDOUT:
+            return SourceError(_TIMED_OUT, transient=True)
+        if code in _LOST:
+            return SourceError(f"connection lost while reading the body: {message}",
+                               transient=True)
+        if code in (pycurl.E_URL_MALFORMAT, pycurl.E_UNSUPPORTED_PROTOCOL):
+            return SourceError(f"invalid link {link!r}", transient=False)
+        if code in _UNTRUSTED:
+            return SourceError(f"the source's TLS certificate is not trusted: {message}",
+                               transient=False)
+        if code == pycurl.E_TOO_MANY_REDIRECTS:
+            return SourceError(f"too many redirects: {message}", transient=False)
+        return SourceError(f"request failed: {message}", transient=True)
+
+    def begin(self, t: _Transfer) -> bool:
+        """At the end of the headers: decide from them alone, or open the work file for the
+        body. False when the outcome is already known (the transfer stops there)."""
+        status, headers = _parse(t.lines)  # (pycurl refuses getinfo inside a callback)
+        req = t.req
+        if status == 304 and req.stored is not None:
+            t.outcome = Fetched(unchanged=True)
+            return False
+        if status >= 400:
+            t.outcome = status_error(status, headers.get("Retry-After"))
+            return False
+        if status == 206 and not headers.get("Content-Range", "").startswith(
+                f"bytes {t.start}-"):
+            t.outcome = SourceError("the source answered a different range", transient=True)
+            return False
+        meta = validators(status, headers)
+        if req.stored is not None and not t.start and req.stored.same_as(meta):
+            t.outcome = Fetched(unchanged=True)
+            return False
+        t.offset = t.start if status == 206 else 0
+        t.digest = begin_body(req, meta, t.offset)
+        if t.offset:
+            fd = os.open(req.work, os.O_WRONLY | os.O_CLOEXEC)
+            os.ftruncate(fd, t.offset)
+            os.lseek(fd, t.offset, os.SEEK_SET)
+        else:
+            fd = os.open(req.work, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+        t.fd, t.meta = fd, meta
+        t.events.started(t.offset, meta.size)
+        return True
+
+    def _watch(self) -> None:
+        """Stop transfers that have shown no sign of life for longer than their timeout (a
+        connect, a header line or body bytes), as aiohttp's socket timeouts would."""
+        now = time.monotonic()
+        timed = [t for t in self.running if t.req.timeout]
+        for t in timed:
+            if now - t.active > t.req.timeout:  # type: ignore[operator]
+                t.outcome = SourceError(_TIMED_OUT, transient=True)
+                self._finish(t)
+        self.watchdog = self.loop.call_later(  # type: ignore[union-attr]
+            WATCH_EVERY, self._watch) if timed else None
+
+    def _finish(self, t: _Transfer) -> None:
+        h = t.handle
+        assert h is not None
+        self.multi.remove_handle(h.curl)
+        h.t, t.handle = None, None
+        self.idle.append(h)
+        if t.fd is not None:
+            os.close(t.fd)
+            t.fd = None
+        t.lines = []
+        self.running.discard(t)
+        if t.final.done():
+            return
+        if isinstance(t.outcome, asyncio.CancelledError):
+            t.final.cancel()
+        elif isinstance(t.outcome, BaseException):
+            t.final.set_exception(t.outcome)
+        else:
+            t.final.set_result(t.outcome)
+
+    def _on_socket(self, what: int, fd: int, multi: Any, data: Any) -> None:
+        loop = self.loop
+        assert loop is not None
+        old = self.watched.pop(fd, 0)
+        if old & pycurl.POLL_IN:
+            loop.remove_reader(fd)
+        if old & pycurl.POLL_OUT:
+            loop.remove_writer(fd)
+        if what == pycurl.POLL_REMOVE:
+            return
+        if what & pycurl.POLL_IN:
+            loop.add_reader(fd, self._act, fd, pycurl.CSELECT_IN)
+        if what & pycurl.POLL_OUT:
+            loop.add_writer(fd, self._act, fd, pycurl.CSELECT_OUT)
+        self.watched[fd] = what
+
+    def _on_timer(self, ms: int) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+        self.timer = None if ms < 0 else self.loop.call_later(  # type: ignore[union-attr]
+            ms / 1000, self._on_deadline)
+
+
+def _parse(lines: list[bytes]) -> tuple[int, CIMultiDict[str]]:
+    """The status and headers of the last response (`HTTP/1.1 200 OK`, then `Name: value`)."""
+    parts = lines[0].split(None, 2) if lines else []
+    if len(parts) < 2 or not parts[1].isdigit():
+        raise SourceError("the source sent no valid HTTP status line", transient=True)
+    headers: CIMultiDict[str] = CIMultiDict()
+    for line in lines[1:]:
+        name, sep, value = line.decode("latin-1").partition(":")
+        if sep:
+            headers.add(name.strip(), value.strip())
+    return int(parts[1]), headers
+

@@ -1,0 +1,118 @@
+"""http(s) links fetched on libcurl: what differs from the aiohttp path is the TLS stack and
+the trust store it reads, so HTTPS is tested here against a real TLS server on 127.0.0.1."""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import ssl
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from aisdl.models import Bucket
+from conftest import Node
+from helpers import free_port, wait_job
+from origin import payload
+
+FILES = {f"/d/f{i}": payload(str(i), 200_000 + i) for i in range(5)}
+
+
+def self_signed(directory: Path) -> tuple[Path, Path]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(hours=1))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName(
+                [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(key, hashes.SHA256()))
+    cert_path, key_path = directory / "cert.pem", directory / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                           serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return cert_path, key_path
+
+
+class _Files(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    hits = 0
+
+    def do_GET(self) -> None:  # noqa: N802 - the http.server API
+        type(self).hits += 1
+        body = FILES.get(self.path)
+        if body is None:
+            self.send_error(404)
+            return
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def https(tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    cert, key = self_signed(tmp_path)
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Files)
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(cert, key)
+    server.socket = ctx.wrap_socket(server.socket, server_side=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    _Files.hits = 0
+    yield f"https://127.0.0.1:{server.server_address[1]}", cert
+    server.shutdown()
+    server.server_close()
+
+
+def https_node(tmp_path: Path, env: dict[str, str]) -> Node:
+    node = Node(free_port(), tmp_path / "home", tmp_path / "node.log",
+                extra_args=("--fetch-procs", "2", "--retry-delay", "50ms"), env=env)
+    node.start()
+    return node
+
+
+def test_https_with_a_trusted_certificate_downloads_every_byte(https, tmp_path):
+    base, cert = https
+    node = https_node(tmp_path, {"SSL_CERT_FILE": str(cert)})
+    try:
+        c = node.client()
+        job = c.start_download({"type": "range", "bucket": {"name": "tls"},
+                                "template": base + "/d/f{0..4}"})
+        st = wait_job(c, job)
+        assert (st["finished_cnt"], st["error_cnt"]) == (5, 0)
+        for i in range(5):
+            assert c.get_object(Bucket("ais", "tls"), f"f{i}").content == FILES[f"/d/f{i}"]
+    finally:
+        node.stop()
+
+
+def test_an_untrusted_certificate_is_one_clear_error_without_retries(https, tmp_path):
+    base, _ = https
+    node = https_node(tmp_path, {})
+    try:
+        c = node.client()
+        job = c.start_download({"type": "single", "bucket": {"name": "tls"},
+                                "link": base + "/d/f0", "object_name": "f0"})
+        st = wait_job(c, job)
+        assert (st["finished_cnt"], st["error_cnt"]) == (0, 1)
+        assert "TLS certificate is not trusted" in st["download_errors"][0]["error"]
+        assert _Files.hits == 0  # refused during the handshake
+        assert "retrying" not in node.log()  # terminal: a retry cannot make it trusted
+        assert list(c.list_objects(Bucket("ais", "tls"))) == []
+    finally:
+        node.stop()
