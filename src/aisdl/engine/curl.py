@@ -27,7 +27,8 @@ from aisdl.sources.base import SourceObject
 from aisdl.sources.http import status_error, validators
 
 log = logging.getLogger("aisdl.engine")
-BUFFER = 512 * 1024      # per connection; bigger buys nothing measurable on 512 MiB files
+BUFFER = 1 << 20         # per transfer (libcurl lends it from the multi handle): 512 KiB was
+                         # 5–10% slower on 4 x 512 MiB, 2 MiB no better
 WATCH_EVERY = 0.05       # seconds between checks for stalled transfers
 _TIMED_OUT = "request timed out (timeout exceeded)"
 _UNTRUSTED = {pycurl.E_PEER_FAILED_VERIFICATION, pycurl.E_SSL_CACERT_BADFILE}

@@ -164,6 +164,8 @@ class FetchPool:
     async def _pick(self) -> _Worker | None:
         """The worker with the fewest fetches in flight; a worker that died is replaced, unless
         workers keep dying young (then this process fetches)."""
+        if all(w.alive for w in self.workers):  # the usual case: no lock to take per fetch
+            return min(self.workers, key=lambda w: len(w.calls)) if self.workers else None
         async with self._respawn:
             for i, w in enumerate(self.workers):
                 if not w.alive:
