@@ -128,3 +128,12 @@ def test_no_workers_fetches_in_the_node_process(origin, tmp_path):
         assert_all_objects(n, 10)
     finally:
         n.stop()
+
+
+def test_a_node_is_healthy_only_once_its_workers_can_fetch(node2):
+    """A job started right after the node answers does not wait on workers' start-up: by then
+    each worker has loaded its HTTP engine (libcurl shows in its memory map)."""
+    workers = workers_of(node2.proc.pid)
+    assert len(workers) == 2
+    for pid in workers:
+        assert "libcurl" in Path(f"/proc/{pid}/maps").read_text()

@@ -1,9 +1,11 @@
 """http(s) links fetched on libcurl: what differs from the aiohttp path is the TLS stack and
-the trust store it reads, so HTTPS is tested here against a real TLS server on 127.0.0.1."""
+the trust store it reads, so HTTPS is tested here against a real TLS server on 127.0.0.1; and
+both paths (libcurl, and aiohttp for throttled jobs) must ask for the same thing."""
 
 from __future__ import annotations
 
 import datetime
+import gzip
 import ipaddress
 import ssl
 import threading
@@ -46,16 +48,24 @@ def self_signed(directory: Path) -> tuple[Path, Path]:
 
 
 class _Files(BaseHTTPRequestHandler):
+    """Serves FILES; like a web server with compression on, it gzips a body for a client that
+    says it accepts gzip."""
+
     protocol_version = "HTTP/1.1"
     hits = 0
+    agents: list[str] = []
 
     def do_GET(self) -> None:  # noqa: N802 - the http.server API
         type(self).hits += 1
+        type(self).agents.append(self.headers.get("User-Agent", ""))
         body = FILES.get(self.path)
         if body is None:
             self.send_error(404)
             return
         self.send_response(200)
+        if "gzip" in self.headers.get("Accept-Encoding", ""):
+            body = gzip.compress(body)
+            self.send_header("Content-Encoding", "gzip")
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
@@ -116,3 +126,27 @@ def test_an_untrusted_certificate_is_one_clear_error_without_retries(https, tmp_
         assert list(c.list_objects(Bucket("ais", "tls"))) == []
     finally:
         node.stop()
+
+
+@pytest.fixture
+def web(node) -> Iterator[str]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Files)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    _Files.agents = []
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.mark.parametrize("limits", [{}, {"bytes_per_hour": 10**12}], ids=["libcurl", "aiohttp"])
+def test_a_compressing_server_still_yields_the_files_bytes(web, node, limits):
+    """Asking for gzip while storing bodies as sent would store compressed bytes under the
+    file's name: neither path asks, and both say who they are."""
+    c = node.client()
+    job = c.start_download({"type": "range", "bucket": {"name": "web"},
+                            "template": web + "/d/f{0..4}", "limits": limits})
+    st = wait_job(c, job)
+    assert (st["finished_cnt"], st["error_cnt"]) == (5, 0)
+    for i in range(5):
+        assert c.get_object(Bucket("ais", "web"), f"f{i}").content == FILES[f"/d/f{i}"]
+    assert {a.split("/")[0] for a in _Files.agents} == {"aisdl"}

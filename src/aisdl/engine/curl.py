@@ -126,7 +126,7 @@ class CurlEngine:
 
     def __init__(self, connections: int, per_host: int, allow_private: bool) -> None:
         self.allow_private = allow_private
-        self.user_agent = f"aisdl/{importlib.metadata.version('aisdl')}"
+        self.user_agent = user_agent()
         paths = ssl.get_default_verify_paths()
         self.cafile = paths.cafile or (paths.openssl_cafile
                                        if os.path.exists(paths.openssl_cafile) else None)
@@ -332,6 +332,10 @@ class CurlEngine:
             self.timer.cancel()
         self.timer = None if ms < 0 else self.loop.call_later(  # type: ignore[union-attr]
             ms / 1000, self._on_deadline)
+
+
+def user_agent() -> str:
+    return f"aisdl/{importlib.metadata.version('aisdl')}"
 
 
 def _parse(lines: list[bytes]) -> tuple[int, CIMultiDict[str]]:

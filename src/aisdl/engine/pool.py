@@ -26,6 +26,7 @@ CANCEL_WAIT = 5.0  # seconds a cancelled fetch waits for its worker to let go of
 RESUBMITS = 2      # times a fetch moves to a new worker after its worker died
 YOUNG = 10.0       # seconds: a worker that dies this young counts towards giving up on workers
 GIVE_UP_AFTER = 3
+READY_WAIT = 30.0  # seconds a new worker gets to open its sources before the node goes on
 # glibc malloc: socket reads allocate 256 KiB buffers; with the default thresholds each one is
 # a fresh mmap (page faults and zeroing in the kernel). Keeping them on the heap cut a worker's
 # page faults on 4 x 512 MiB from ~70,000 to ~11,000 and its system time by ~15%.
@@ -46,6 +47,7 @@ class _Worker:
         self.calls: dict[int, tuple[asyncio.Future[Any], TaskEvents]] = {}
         self.alive = True
         self.started = time.monotonic()
+        self.ready = asyncio.get_running_loop().create_future()  # its sources are open
         self._ids = itertools.count()
         self._reader = asyncio.create_task(self._read(proc.stdout))
 
@@ -56,6 +58,10 @@ class _Worker:
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE)
         worker = cls(proc)
         worker.outbox.put((config, connections))
+        # A node is ready when its workers are (no job waits on their imports); a worker that
+        # is merely slow to start on a loaded machine is used when it gets there.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(worker.ready), READY_WAIT)
         return worker
 
     async def fetch(self, req: FetchRequest, events: TaskEvents) -> Fetched:
@@ -99,6 +105,8 @@ class _Worker:
             pass
         finally:  # also after a frame we cannot read: that worker is of no further use
             self.alive = False
+            if not self.ready.done():
+                self.ready.set_result(None)
             if self.proc.returncode is None:
                 with contextlib.suppress(ProcessLookupError):
                     self.proc.kill()
@@ -109,6 +117,9 @@ class _Worker:
 
     def _on(self, message: tuple[Any, ...]) -> None:
         kind, rid = message[0], message[1]
+        if kind == "ready":
+            self.ready.set_result(None)
+            return
         if kind == "progress":
             call = self.calls.get(rid)
             if call:

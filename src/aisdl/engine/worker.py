@@ -86,6 +86,7 @@ async def serve(channel: int) -> None:
     first = await receive(reader)
     config, connections = first[0]  # the node's settings come first, requests may follow
     worker = Worker(Fetcher(Sources.open(config, connections), config.retry), outbox)
+    outbox.put(("ready", None))
     ticker = asyncio.create_task(worker.report_progress())
     messages = first[1:]
     try:

@@ -191,8 +191,7 @@ class JobRun:
                 self._flush_now.set()
 
     def _work_path(self, item: Item) -> Path:
-        path = self.store.work_path(self.spec.bucket, item.name, self.id)
-        return path.with_name(f"{path.name}.{item.index}")
+        return self.store.work_path(self.spec.bucket, item.name, self.id, f".{item.index}")
 
     async def _download(self, item: Item, stored: ObjectAttrs | None,
                         task: TaskState) -> Outcome:

@@ -33,7 +33,7 @@ class Sources:
         obstore, aiohttp and pycurl load only here, inside the node's processes."""
         import aiohttp
 
-        from aisdl.engine.curl import CurlEngine
+        from aisdl.engine.curl import CurlEngine, user_agent
         from aisdl.engine.egress import EgressResolver
         from aisdl.sources.cloud import CloudSource
 
@@ -41,8 +41,11 @@ class Sources:
         connector = aiohttp.TCPConnector(
             limit=connections, limit_per_host=min(config.max_per_host, connections),
             resolver=EgressResolver(allow_private), ttl_dns_cache=60)
+        # Bodies are stored as sent, so never ask for a compressed one (libcurl does not either)
         session = aiohttp.ClientSession(connector=connector, auto_decompress=False,
-                                        trust_env=False, read_bufsize=READ_BUFFER)
+                                        trust_env=False, read_bufsize=READ_BUFFER,
+                                        skip_auto_headers=("Accept-Encoding",),
+                                        headers={"User-Agent": user_agent()})
         curl = CurlEngine(connections, min(config.max_per_host, connections), allow_private)
         return cls(HttpSource(session, allow_private), CloudSource(config.cloud), curl)
 

@@ -73,7 +73,7 @@ class Store:
         self._seeds = [xxhash.xxh64_intdigest(str(mp).encode()) for mp in self.mountpaths]
         # Bucket props, mirrored from the catalog; changed only on the database thread.
         self._buckets: dict[Bucket, Props] = db.run_sync(self._load_buckets)
-        self._work_dirs: set[Path] = set()  # work directories known to exist
+        self._work_dirs: dict[tuple[int, str], str] = {}  # (mountpath, tag) → a dir that exists
 
     @staticmethod
     def _load_buckets(conn: sqlite3.Connection) -> dict[Bucket, Props]:
@@ -83,31 +83,35 @@ class Store:
     # -- paths ---------------------------------------------------------------------------------
     def mountpath(self, bck: Bucket, name: str) -> Path:
         """The mountpath of an object: highest rendezvous (HRW) hash of `provider/bucket/name`."""
+        return self.mountpaths[self._mountpath_index(bck, name)]
+
+    def _mountpath_index(self, bck: Bucket, name: str) -> int:
         if len(self.mountpaths) == 1:
-            return self.mountpaths[0]
+            return 0
         key = f"{bck.provider}/{bck.name}/{name}".encode()
-        best = max(range(len(self.mountpaths)),
+        return max(range(len(self.mountpaths)),
                    key=lambda i: xxhash.xxh64_intdigest(key, seed=self._seeds[i]))
-        return self.mountpaths[best]
 
     def object_path(self, bck: Bucket, name: str) -> Path:
         return self.mountpath(bck, name) / bck.provider / bck.name / check_object_name(name)
 
-    def work_path(self, bck: Bucket, name: str, tag: str) -> Path:
-        """The work file of (tag, bucket, object): same mountpath, so the commit is a rename."""
+    def work_path(self, bck: Bucket, name: str, tag: str, suffix: str = "") -> Path:
+        """The work file of (tag, bucket, object): same mountpath, so the commit is a rename.
+        Built from strings: on a small-file job this runs thousands of times a second."""
         digest = hashlib.sha1(f"{bck.provider}/{bck.name}/{name}".encode()).hexdigest()
-        parent = self.mountpath(bck, name) / WORK_DIR / tag
-        if parent not in self._work_dirs:  # one mkdir per job, not per object
-            parent.mkdir(parents=True, exist_ok=True)
-            self._work_dirs.add(parent)
-        return parent / digest
+        key = (self._mountpath_index(bck, name), tag)
+        parent = self._work_dirs.get(key)
+        if parent is None:  # one mkdir per job and mountpath, not per object
+            path = self.mountpaths[key[0]] / WORK_DIR / tag
+            path.mkdir(parents=True, exist_ok=True)
+            parent = self._work_dirs[key] = str(path)
+        return Path(f"{parent}/{digest}{suffix}")
 
     def drop_work(self, tag: str) -> None:
         """A job is over: remove its work directories (and whatever an abort left in them)."""
-        for mp in self.mountpaths:
-            path = mp / WORK_DIR / tag
-            self._work_dirs.discard(path)
-            shutil.rmtree(path, ignore_errors=True)
+        for i, mp in enumerate(self.mountpaths):
+            self._work_dirs.pop((i, tag), None)
+            shutil.rmtree(mp / WORK_DIR / tag, ignore_errors=True)
 
     def clean_work(self, keep_tags: set[str]) -> None:
         """Start-up: drop work files of jobs that no longer exist, of PUTs, and the trash."""
