@@ -150,3 +150,50 @@ def test_a_compressing_server_still_yields_the_files_bytes(web, node, limits):
     for i in range(5):
         assert c.get_object(Bucket("ais", "web"), f"f{i}").content == FILES[f"/d/f{i}"]
     assert {a.split("/")[0] for a in _Files.agents} == {"aisdl"}
+
+
+class _Redirects(BaseHTTPRequestHandler):
+    """`/to?<url>` answers 302 to <url>; `/loop` redirects to itself."""
+
+    protocol_version = "HTTP/1.1"
+    hits = 0
+
+    def do_GET(self) -> None:  # noqa: N802 - the http.server API
+        type(self).hits += 1
+        path, _, query = self.path.partition("?")
+        self.send_response(302)
+        self.send_header("Location", query if path == "/to" else "/loop")
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def redirects() -> Iterator[str]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Redirects)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    _Redirects.hits = 0
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.mark.parametrize("limits", [{}, {"bytes_per_hour": 10**12}], ids=["libcurl", "aiohttp"])
+def test_redirects_are_followed_and_checked(redirects, origin, node, limits):
+    """A moved file is fetched from where it went; a redirect to the cloud metadata address is
+    refused before any connection; a redirect loop is one terminal error, not a retry storm."""
+    origin.add("/moved.bin", payload("m", 150_000))
+    c = node.client()
+    job = c.start_download({"type": "multi", "bucket": {"name": "r"}, "objects": {
+        "moved": f"{redirects}/to?{origin.url_for('/moved.bin')}",
+        "metadata": f"{redirects}/to?http://169.254.169.254/latest/meta-data/",
+        "loop": f"{redirects}/loop"}, "limits": limits})
+    st = wait_job(c, job)
+    assert (st["finished_cnt"], st["error_cnt"]) == (1, 2)
+    assert c.get_object(Bucket("ais", "r"), "moved").content == payload("m", 150_000)
+    errors = {e["name"]: e["error"] for e in st["download_errors"]}
+    assert "egress blocked: 169.254.169.254" in errors["metadata"]
+    assert "too many redirects" in errors["loop"]
+    assert _Redirects.hits <= 1 + 1 + 11  # no retries of either failure

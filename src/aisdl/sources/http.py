@@ -8,7 +8,7 @@ import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from http import HTTPStatus
-from urllib.parse import urlsplit
+from urllib.parse import urljoin, urlsplit
 
 import aiohttp
 from multidict import CIMultiDict, CIMultiDictProxy
@@ -17,6 +17,8 @@ from aisdl.engine.egress import EgressBlocked, check_address, is_ip_literal
 from aisdl.errors import SourceError
 from aisdl.sources.base import SourceObject
 
+REDIRECTS = {301, 302, 303, 307, 308}
+MAX_REDIRECTS = 10
 TRANSIENT_STATUS = {408, 425, 429, 500, 502, 503, 504}
 Headers = CIMultiDict[str] | CIMultiDictProxy[str]
 CHUNK_CAP = 64 * 1024  # smaller requested chunks are honoured exactly (a throttled read)
@@ -116,6 +118,30 @@ class HttpSource:
         self.session = session
         self.allow_private = allow_private
 
+    async def _follow(self, link: str, headers: list[tuple[str, str]],
+                      timeout: aiohttp.ClientTimeout) -> aiohttp.ClientResponse:
+        """GET, following redirects ourselves: aiohttp connects to an IP literal without asking
+        the resolver, so every hop's address is checked here (libcurl checks every socket)."""
+        url = link
+        try:
+            for _ in range(MAX_REDIRECTS + 1):
+                host = urlsplit(url).hostname or ""
+                if is_ip_literal(host):
+                    check_address(host.strip("[]"), self.allow_private)
+                resp = await self.session.get(url, headers=headers, timeout=timeout,
+                                              allow_redirects=False, auto_decompress=False)
+                location = resp.headers.get("Location")
+                if resp.status not in REDIRECTS or location is None:
+                    return resp
+                resp.release()
+                url = urljoin(url, location)
+                if urlsplit(url).scheme.lower() not in ("http", "https"):
+                    raise SourceError(f"redirected to an unsupported link {url!r}",
+                                      transient=False)
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            raise _translate(exc, url) from exc
+        raise SourceError(f"too many redirects: more than {MAX_REDIRECTS}", transient=False)
+
     @contextlib.asynccontextmanager
     async def open(self, link: str, *, start: int = 0, if_range: str | None = None,
                    stored: SourceObject | None = None, headers: dict[str, list[str]] | None = None,
@@ -128,16 +154,9 @@ class HttpSource:
                 req.append(("If-None-Match", f'"{stored.etag}"'))
             if stored.last_modified:
                 req.append(("If-Modified-Since", stored.last_modified))
-        host = urlsplit(link).hostname or ""
         t = aiohttp.ClientTimeout(total=None, connect=timeout, sock_connect=timeout,
                                   sock_read=timeout)
-        try:
-            if is_ip_literal(host):
-                check_address(host.strip("[]"), self.allow_private)
-            resp = await self.session.get(link, headers=req, timeout=t, allow_redirects=True,
-                                          auto_decompress=False)
-        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-            raise _translate(exc, link) from exc
+        resp = await self._follow(link, req, t)
         try:
             if resp.status == 304 and stored is not None:
                 yield HttpRead(stored, 0, True, None)
