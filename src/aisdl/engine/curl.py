@@ -24,7 +24,7 @@ from aisdl.engine.egress import blocked_reason
 from aisdl.engine.fetch import Digest, Fetched, FetchRequest, TaskEvents, begin_body
 from aisdl.errors import SourceError
 from aisdl.sources.base import SourceObject
-from aisdl.sources.http import status_error, validators
+from aisdl.sources.http import request_headers, status_error, validators
 
 log = logging.getLogger("aisdl.engine")
 BUFFER = 1 << 20         # per transfer (libcurl lends it from the multi handle): 512 KiB was
@@ -174,15 +174,8 @@ class CurlEngine:
         req = t.req
         c = h.curl
         c.setopt(pycurl.URL, req.link)
-        headers = [f"{k}: {v}" for k, vs in req.headers.items() for v in vs]
-        if t.start and t.if_range:
-            headers += [f"Range: bytes={t.start}-", f"If-Range: {t.if_range}"]
-        elif req.stored is not None:
-            if req.stored.etag:
-                headers.append(f'If-None-Match: "{req.stored.etag}"')
-            if req.stored.last_modified:
-                headers.append(f"If-Modified-Since: {req.stored.last_modified}")
-        c.setopt(pycurl.HTTPHEADER, headers)
+        headers = request_headers(req.headers, t.start, t.if_range, req.stored)
+        c.setopt(pycurl.HTTPHEADER, [f"{k}: {v}" for k, v in headers])
         self.running.add(t)
         t.active = time.monotonic()
         if req.timeout and self.watchdog is None:

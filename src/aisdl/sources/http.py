@@ -80,6 +80,21 @@ def validators(status: int, h: Headers) -> SourceObject:
                         md5=hashes.get("md5"), crc32c=hashes.get("crc32c"))
 
 
+def request_headers(headers: dict[str, list[str]], start: int, if_range: str | None,
+                    stored: SourceObject | None) -> list[tuple[str, str]]:
+    """The job's headers, plus a resume (`Range` + `If-Range`) or a conditional GET against
+    the copy we store (one list for aiohttp and libcurl)."""
+    req = [(k, v) for k, vs in headers.items() for v in vs]
+    if start and if_range:
+        req += [("Range", f"bytes={start}-"), ("If-Range", if_range)]
+    elif stored is not None:
+        if stored.etag:
+            req.append(("If-None-Match", f'"{stored.etag}"'))
+        if stored.last_modified:
+            req.append(("If-Modified-Since", stored.last_modified))
+    return req
+
+
 def status_error(status: int, retry_after: str | None) -> SourceError:
     try:
         reason = HTTPStatus(status).phrase
@@ -146,14 +161,7 @@ class HttpSource:
     async def open(self, link: str, *, start: int = 0, if_range: str | None = None,
                    stored: SourceObject | None = None, headers: dict[str, list[str]] | None = None,
                    timeout: float | None = None) -> AsyncIterator[HttpRead]:
-        req: list[tuple[str, str]] = [(k, v) for k, vs in (headers or {}).items() for v in vs]
-        if start and if_range:
-            req += [("Range", f"bytes={start}-"), ("If-Range", if_range)]
-        elif stored is not None:
-            if stored.etag:
-                req.append(("If-None-Match", f'"{stored.etag}"'))
-            if stored.last_modified:
-                req.append(("If-Modified-Since", stored.last_modified))
+        req = request_headers(headers or {}, start, if_range, stored)
         t = aiohttp.ClientTimeout(total=None, connect=timeout, sock_connect=timeout,
                                   sock_read=timeout)
         resp = await self._follow(link, req, t)
