@@ -4,8 +4,10 @@ both paths (libcurl, and aiohttp for throttled jobs) must ask for the same thing
 
 from __future__ import annotations
 
+import base64
 import datetime
 import gzip
+import hashlib
 import ipaddress
 import ssl
 import threading
@@ -197,3 +199,64 @@ def test_redirects_are_followed_and_checked(redirects, origin, node, limits):
     assert "egress blocked: 169.254.169.254" in errors["metadata"]
     assert "too many redirects" in errors["loop"]
     assert _Redirects.hits <= 1 + 1 + 11  # no retries of either failure
+
+
+class _Odd(BaseHTTPRequestHandler):
+    """Bodies a careful downloader must not take at face value: `/chunked` has no length,
+    `/badmd5` carries the Content-MD5 of other bytes, `/short` ends before its length."""
+
+    protocol_version = "HTTP/1.1"
+    hits: dict[str, int] = {}
+    body = payload("o", 300_000)
+
+    def do_GET(self) -> None:  # noqa: N802 - the http.server API
+        hits = type(self).hits
+        hits[self.path] = hits.get(self.path, 0) + 1
+        self.send_response(200)
+        if self.path == "/chunked":
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            for i in range(0, len(self.body), 70_000):
+                piece = self.body[i:i + 70_000]
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(piece), piece))
+            self.wfile.write(b"0\r\n\r\n")
+            return
+        if self.path == "/badmd5":
+            self.send_header("Content-MD5", base64.b64encode(
+                hashlib.md5(b"other bytes").digest()).decode())
+        self.send_header("Content-Length", str(len(self.body)))
+        self.end_headers()
+        if self.path == "/short":
+            self.wfile.write(self.body[:100_000])
+            self.close_connection = True
+            return
+        self.wfile.write(self.body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.mark.parametrize("limits", [{}, {"bytes_per_hour": 10**12}], ids=["libcurl", "aiohttp"])
+def test_only_whole_verified_bodies_are_stored(node, limits):
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Odd)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    _Odd.hits = {}
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        c = node.client()
+        job = c.start_download({"type": "multi", "bucket": {"name": "odd"}, "limits": limits,
+                                "objects": {n: f"{base}/{n}" for n in ("chunked", "badmd5",
+                                                                       "short")}})
+        st = wait_job(c, job, timeout=60)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert (st["finished_cnt"], st["error_cnt"]) == (1, 2)
+    assert c.get_object(Bucket("ais", "odd"), "chunked").content == _Odd.body
+    assert [e["n"] for e in c.list_objects(Bucket("ais", "odd"))] == ["chunked"]
+    errors = {e["name"]: e["error"] for e in st["download_errors"]}
+    assert errors["badmd5"] == "MD5 of the downloaded bytes does not match the source's"
+    assert errors["short"].startswith("connection lost while reading the body")
+    assert _Odd.hits["/badmd5"] > 1 and _Odd.hits["/short"] > 1  # transient: retried
+    leftovers = [p for p in node.home.rglob("*") if ".work" in p.parts and p.is_file()]
+    assert leftovers == []
