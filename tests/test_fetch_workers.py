@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -137,3 +139,56 @@ def test_a_node_is_healthy_only_once_its_workers_can_fetch(node2):
     assert len(workers) == 2
     for pid in workers:
         assert "libcurl" in Path(f"/proc/{pid}/maps").read_text()
+
+
+class _Counting(BaseHTTPRequestHandler):
+    """Slow answers that count how many requests are in progress at once."""
+
+    protocol_version = "HTTP/1.1"
+    lock = threading.Lock()
+    now = peak = 0
+
+    def do_GET(self) -> None:  # noqa: N802 - the http.server API
+        cls = type(self)
+        with cls.lock:
+            cls.now += 1
+            cls.peak = max(cls.peak, cls.now)
+        try:
+            body = payload(self.path, 50_000)
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            time.sleep(0.15)
+            self.wfile.write(body)
+        finally:
+            with cls.lock:
+                cls.now -= 1
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_max_conns_bounds_every_job_of_the_node_together(tmp_path):
+    """Two jobs at once, one of them throttled (fetched in the node process), the other on the
+    workers: the node-wide --max-conns holds for their sum."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Counting)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    n = Node(free_port(), tmp_path / "home", tmp_path / "node.log",
+             extra_args=("--max-conns", "3", "--fetch-procs", "2"))
+    n.start()
+    try:
+        c = n.client()
+        jobs = [c.start_download({"type": "range", "bucket": {"name": f"j{k}"},
+                                  "template": f"{base}/{k}/f{{0..9}}", "limits": limits})
+                for k, limits in enumerate([{}, {"bytes_per_hour": 10**12}])]
+        for k, job in enumerate(jobs):
+            st = wait_job(c, job, timeout=60)
+            assert (st["finished_cnt"], st["error_cnt"]) == (10, 0)
+            assert c.get_object(Bucket("ais", f"j{k}"), "f3").content == payload(f"/{k}/f3",
+                                                                                  50_000)
+    finally:
+        n.stop()
+        server.shutdown()
+        server.server_close()
+    assert _Counting.peak == 3

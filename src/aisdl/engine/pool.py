@@ -151,6 +151,7 @@ class FetchPool:
         self.sources = self.local.sources
         self.workers: list[_Worker] = []
         self._share = math.ceil(config.max_connections / max(1, procs))
+        self._slots = asyncio.Semaphore(config.max_connections)
         self._respawn = asyncio.Lock()
         self._early_deaths = 0
 
@@ -159,6 +160,13 @@ class FetchPool:
             *(_Worker.spawn(self.config, self._share) for _ in range(self.procs))))
 
     async def fetch(self, req: FetchRequest, events: TaskEvents) -> Fetched:
+        # Every fetch of the node passes here, wherever it runs: one budget of --max-conns for
+        # all jobs, workers and the node's own pool (a transfer queued inside a worker's
+        # connection pool would also count against its timeout).
+        async with self._slots:
+            return await self._fetch(req, events)
+
+    async def _fetch(self, req: FetchRequest, events: TaskEvents) -> Fetched:
         if req.throttle is not None or not self.workers:
             return await self.local.fetch(req, events)
         for _ in range(RESUBMITS):
