@@ -44,7 +44,7 @@ class NodeConfig:
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     cloud: CloudSettings = field(default_factory=CloudSettings)
     event_loop: str = "asyncio"      # or "uvloop"
-    fetch_procs: int = field(default_factory=lambda: default_fetch_procs())
+    fetch_procs: int = field(default_factory=default_fetch_procs)
 
     @property
     def endpoint(self) -> str:

@@ -21,10 +21,10 @@ import pycurl  # type: ignore[import-untyped]
 from multidict import CIMultiDict
 
 from aisdl.engine.egress import blocked_reason
-from aisdl.engine.fetch import Digest, Fetched, FetchRequest, TaskEvents, begin_body
+from aisdl.engine.fetch import Digest, Fetched, FetchRequest, TaskEvents, begin_body, unchanged
 from aisdl.errors import SourceError
 from aisdl.sources.base import SourceObject
-from aisdl.sources.http import request_headers, status_error, validators
+from aisdl.sources.http import judge, request_headers
 
 log = logging.getLogger("aisdl.engine")
 BUFFER = 1 << 20         # per transfer (libcurl lends it from the multi handle): 512 KiB was
@@ -246,21 +246,15 @@ class CurlEngine:
         body. False when the outcome is already known (the transfer stops there)."""
         status, headers = _parse(t.lines)  # (pycurl refuses getinfo inside a callback)
         req = t.req
-        if status == 304 and req.stored is not None:
+        try:
+            judged = judge(status, headers, t.start, req.stored)
+        except SourceError as err:
+            t.outcome = err
+            return False
+        if judged is None or unchanged(req, t.start, judged[0]):
             t.outcome = Fetched(unchanged=True)
             return False
-        if status >= 400:
-            t.outcome = status_error(status, headers.get("Retry-After"))
-            return False
-        if status == 206 and not headers.get("Content-Range", "").startswith(
-                f"bytes {t.start}-"):
-            t.outcome = SourceError("the source answered a different range", transient=True)
-            return False
-        meta = validators(status, headers)
-        if req.stored is not None and not t.start and req.stored.same_as(meta):
-            t.outcome = Fetched(unchanged=True)
-            return False
-        t.offset = t.start if status == 206 else 0
+        meta, t.offset = judged
         t.digest = begin_body(req, meta, t.offset)
         if t.offset:
             fd = os.open(req.work, os.O_WRONLY | os.O_CLOEXEC)

@@ -97,8 +97,7 @@ class Fetcher:
         source = self.sources.for_link(req.link)
         async with source.open(req.link, start=start, if_range=if_range, stored=req.stored,
                                headers=req.headers, timeout=req.timeout) as obj:
-            if obj.not_modified or (req.stored is not None and not start
-                                    and req.stored.same_as(obj.meta)):
+            if obj.not_modified or unchanged(req, start, obj.meta):
                 return Fetched(unchanged=True)
             meta = obj.meta
             digest = begin_body(req, meta, obj.offset)
@@ -134,6 +133,11 @@ class Fetcher:
                         await req.throttle.wait_ready()
             finally:
                 await writer.close()  # also after a failure: what arrived is kept for resume
+
+
+def unchanged(req: FetchRequest, start: int, meta: SourceObject) -> bool:
+    """The source describes the very bytes we store: nothing to download."""
+    return req.stored is not None and not start and req.stored.same_as(meta)
 
 
 def begin_body(req: FetchRequest, meta: SourceObject, offset: int) -> Digest | None:

@@ -183,20 +183,19 @@ class FetchPool:
     async def _pick(self) -> _Worker | None:
         """The worker with the fewest fetches in flight; a worker that died is replaced, unless
         workers keep dying young (then this process fetches)."""
-        if all(w.alive for w in self.workers):  # the usual case: no lock to take per fetch
-            return min(self.workers, key=lambda w: len(w.calls)) if self.workers else None
-        async with self._respawn:
-            for i, w in enumerate(self.workers):
-                if not w.alive:
-                    if time.monotonic() - w.started < YOUNG:
-                        self._early_deaths += 1
-                    if self._early_deaths >= GIVE_UP_AFTER:
-                        log.error("fetch workers keep exiting (see above); "
-                                  "fetching in the node process from now on")
-                        self.workers = []
-                        return None
-                    self.workers[i] = await _Worker.spawn(self.config, self._share)
-        return min(self.workers, key=lambda w: len(w.calls))
+        if not all(w.alive for w in self.workers):  # rare: the usual pick takes no lock
+            async with self._respawn:
+                for i, w in enumerate(self.workers):
+                    if not w.alive:
+                        if time.monotonic() - w.started < YOUNG:
+                            self._early_deaths += 1
+                        if self._early_deaths >= GIVE_UP_AFTER:
+                            log.error("fetch workers keep exiting (see above); "
+                                      "fetching in the node process from now on")
+                            self.workers = []
+                            break
+                        self.workers[i] = await _Worker.spawn(self.config, self._share)
+        return min(self.workers, key=lambda w: len(w.calls)) if self.workers else None
 
     async def aclose(self) -> None:
         await asyncio.gather(*(w.stop() for w in self.workers))

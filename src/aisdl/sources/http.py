@@ -95,6 +95,20 @@ def request_headers(headers: dict[str, list[str]], start: int, if_range: str | N
     return req
 
 
+def judge(status: int, headers: Headers, start: int,
+          stored: SourceObject | None) -> tuple[SourceObject, int] | None:
+    """What the answer to our GET means (one rule for aiohttp and libcurl): None when the
+    source confirms our stored copy (304), else the object's validators and the offset its
+    body starts at. An error status or a range we did not ask for raises SourceError."""
+    if status == 304 and stored is not None:
+        return None
+    if status >= 400:
+        raise status_error(status, headers.get("Retry-After"))
+    if status == 206 and not headers.get("Content-Range", "").startswith(f"bytes {start}-"):
+        raise SourceError("the source answered a different range", transient=True)
+    return validators(status, headers), (start if status == 206 else 0)
+
+
 def status_error(status: int, retry_after: str | None) -> SourceError:
     try:
         reason = HTTPStatus(status).phrase
@@ -166,15 +180,11 @@ class HttpSource:
                                   sock_read=timeout)
         resp = await self._follow(link, req, t)
         try:
-            if resp.status == 304 and stored is not None:
+            judged = judge(resp.status, resp.headers, start, stored)
+            if judged is None:
+                assert stored is not None
                 yield HttpRead(stored, 0, True, None)
                 return
-            if resp.status >= 400:
-                raise status_error(resp.status, resp.headers.get("Retry-After"))
-            offset = start if resp.status == 206 else 0
-            if resp.status == 206 and not resp.headers.get(
-                    "Content-Range", "").startswith(f"bytes {start}-"):
-                raise SourceError("the source answered a different range", transient=True)
-            yield HttpRead(validators(resp.status, resp.headers), offset, False, resp)
+            yield HttpRead(*judged, False, resp)
         finally:
             resp.release()

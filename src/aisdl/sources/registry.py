@@ -38,15 +38,16 @@ class Sources:
         from aisdl.sources.cloud import CloudSource
 
         allow_private = config.may_fetch_private
+        per_host = min(config.max_per_host, connections)  # 0: no cap below `connections`
         connector = aiohttp.TCPConnector(
-            limit=connections, limit_per_host=min(config.max_per_host, connections),
+            limit=connections, limit_per_host=per_host,
             resolver=EgressResolver(allow_private), ttl_dns_cache=60)
         # Bodies are stored as sent, so never ask for a compressed one (libcurl does not either)
         session = aiohttp.ClientSession(connector=connector, auto_decompress=False,
                                         trust_env=False, read_bufsize=READ_BUFFER,
                                         skip_auto_headers=("Accept-Encoding",),
                                         headers={"User-Agent": user_agent()})
-        curl = CurlEngine(connections, min(config.max_per_host, connections), allow_private)
+        curl = CurlEngine(connections, per_host, allow_private)
         return cls(HttpSource(session, allow_private), CloudSource(config.cloud), curl)
 
     async def aclose(self) -> None:
