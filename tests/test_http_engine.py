@@ -11,6 +11,7 @@ import hashlib
 import ipaddress
 import ssl
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -23,8 +24,8 @@ from cryptography.x509.oid import NameOID
 
 from aisdl.models import Bucket
 from conftest import Node
-from helpers import free_port, wait_job
-from origin import payload
+from helpers import free_port, is_finished, wait_job
+from origin import payload, virtual_bytes
 
 FILES = {f"/d/f{i}": payload(str(i), 200_000 + i) for i in range(5)}
 
@@ -260,3 +261,47 @@ def test_only_whole_verified_bodies_are_stored(node, limits):
     assert _Odd.hits["/badmd5"] > 1 and _Odd.hits["/short"] > 1  # transient: retried
     leftovers = [p for p in node.home.rglob("*") if ".work" in p.parts and p.is_file()]
     assert leftovers == []
+
+
+@pytest.mark.parametrize("limits", [{}, {"bytes_per_hour": 10**12}], ids=["libcurl", "aiohttp"])
+def test_a_cut_multi_mib_body_resumes_from_every_byte_that_arrived(origin, node, limits):
+    """Bodies are written in 1 MiB batches: a connection lost after 1.5 MiB (one batch on
+    disk, half of one in memory) must still resume from byte 1.5 Mi, not from 1 Mi or 0."""
+    size = 3 << 20
+    origin.add_virtual("/cut.bin", size, seed="cut")
+    origin.fault("/cut.bin", "reset", n=1)
+    c = node.client()
+    job = c.start_download({"type": "single", "bucket": {"name": "cut"}, "limits": limits,
+                            "link": origin.url_for("/cut.bin"), "object_name": "cut.bin"})
+    st = wait_job(c, job)
+    assert (st["finished_cnt"], st["error_cnt"]) == (1, 0)
+    gets = origin.requests("/cut.bin", "GET")
+    assert [r.headers.get("Range") for r in gets] == [None, f"bytes={size // 2}-"]
+    assert c.get_object(Bucket("ais", "cut"), "cut.bin").content == virtual_bytes("cut", size)
+
+
+@pytest.mark.parametrize("limits", [{}, {"bytes_per_hour": 10**12}], ids=["libcurl", "aiohttp"])
+def test_a_slow_file_shows_its_bytes_as_they_arrive_and_is_not_timed_out(origin, node, limits):
+    """A file trickling in at 100 KB/s: its progress moves before any 1 MiB batch is written,
+    and bytes arriving every 0.1 s keep a 0.5 s timeout from firing."""
+    size = 400_000
+    origin.add("/trickle.bin", payload("t", size))
+    origin.fault("/trickle.bin", "slow", rate=100_000)
+    c = node.client()
+    job = c.start_download({"type": "single", "bucket": {"name": "slow"}, "limits": limits,
+                            "timeout": "500ms", "link": origin.url_for("/trickle.bin"),
+                            "object_name": "trickle.bin"})
+    seen: set[int] = set()
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        st = c.download_status(job, only_active=True)
+        seen |= {int(t["downloaded"]) for t in st.get("current_tasks", [])
+                 if int(t["total"]) == size}
+        moving = [n for n in seen if 0 < n < size]
+        if is_finished(st) or len(moving) >= 2:
+            break
+        time.sleep(0.2)
+    assert len(moving) >= 2, seen  # bytes shown as they come, not one jump at the end
+    st = wait_job(c, job)
+    assert (st["finished_cnt"], st["error_cnt"]) == (1, 0), st.get("download_errors")
+    assert c.get_object(Bucket("ais", "slow"), "trickle.bin").content == payload("t", size)
