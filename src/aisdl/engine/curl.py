@@ -155,7 +155,8 @@ class CurlEngine:
         m.setopt(pycurl.M_SOCKETFUNCTION, self._on_socket)
         m.setopt(pycurl.M_TIMERFUNCTION, self._on_timer)
         self.loop: asyncio.AbstractEventLoop | None = None
-        self.watched: dict[int, int] = {}
+        self.registered: dict[int, int] = {}  # fd: what the loop watches for us
+        self.kept: dict[int, int] = {}        # fd: inode, of idle sockets kept registered
         self.timer: asyncio.TimerHandle | None = None
         self.ticker: asyncio.TimerHandle | None = None
         self.running: set[_Transfer] = set()
@@ -179,8 +180,8 @@ class CurlEngine:
         for t in list(self.running):
             t.outcome = asyncio.CancelledError()
             self._finish(t)
-        for fd in list(self.watched):
-            self._on_socket(pycurl.POLL_REMOVE, fd, None, None)
+        for fd in list(self.registered):
+            self._forget(fd)
         for handle in (self.timer, self.ticker):
             if handle is not None:
                 handle.cancel()
@@ -202,6 +203,9 @@ class CurlEngine:
         self.multi.add_handle(c)
 
     def _act(self, fd: int, flags: int) -> None:
+        if fd in self.kept:  # an idle connection stirred (closed by the server, say)
+            self._forget(fd)
+            return
         self.multi.socket_action(fd, flags)
         self._collect()
 
@@ -344,26 +348,55 @@ class CurlEngine:
             t.final.set_result(t.outcome)
 
     def _on_socket(self, what: int, fd: int, multi: Any, data: Any) -> None:
+        """libcurl now waits for `what` on `fd`. A socket it stops watching (a connection back
+        in its pool) keeps its reader, so the next request on it costs no epoll_ctl calls.
+        libcurl may close such a socket without a word and the number come back as another
+        one, so a kept reader is trusted again only if the inode behind the number is the
+        same; it goes when it fires while idle."""
         loop = self.loop
         assert loop is not None
-        old = self.watched.pop(fd, 0)
-        if old & pycurl.POLL_IN:
-            loop.remove_reader(fd)
-        if old & pycurl.POLL_OUT:
-            loop.remove_writer(fd)
+        if fd in self.kept and _inode(fd) != self.kept.pop(fd):
+            self._forget(fd)  # the socket we watched is gone: start afresh
+        has = self.registered.get(fd, 0)
         if what == pycurl.POLL_REMOVE:
+            if has & pycurl.POLL_OUT:
+                loop.remove_writer(fd)  # (a writable socket would wake the loop at every turn)
+            if has & pycurl.POLL_IN:
+                self.kept[fd] = _inode(fd)
+                self.registered[fd] = pycurl.POLL_IN
+            else:
+                self.registered.pop(fd, None)
             return
-        if what & pycurl.POLL_IN:
+        if what & pycurl.POLL_IN and not has & pycurl.POLL_IN:
             loop.add_reader(fd, self._act, fd, pycurl.CSELECT_IN)
-        if what & pycurl.POLL_OUT:
+        elif has & pycurl.POLL_IN and not what & pycurl.POLL_IN:
+            loop.remove_reader(fd)
+        if what & pycurl.POLL_OUT and not has & pycurl.POLL_OUT:
             loop.add_writer(fd, self._act, fd, pycurl.CSELECT_OUT)
-        self.watched[fd] = what
+        elif has & pycurl.POLL_OUT and not what & pycurl.POLL_OUT:
+            loop.remove_writer(fd)
+        self.registered[fd] = what
+
+    def _forget(self, fd: int) -> None:
+        has = self.registered.pop(fd, 0)
+        self.kept.pop(fd, None)
+        if has & pycurl.POLL_IN:
+            self.loop.remove_reader(fd)  # type: ignore[union-attr]
+        if has & pycurl.POLL_OUT:
+            self.loop.remove_writer(fd)  # type: ignore[union-attr]
 
     def _on_timer(self, ms: int) -> None:
         if self.timer is not None:
             self.timer.cancel()
         self.timer = None if ms < 0 else self.loop.call_later(  # type: ignore[union-attr]
             ms / 1000, self._on_deadline)
+
+
+def _inode(fd: int) -> int:
+    try:
+        return os.fstat(fd).st_ino
+    except OSError:  # closed
+        return -1
 
 
 def user_agent() -> str:
