@@ -5,11 +5,12 @@ already on disk when the source honours `Range` + `If-Range`."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
+import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 
 import xxhash
@@ -45,7 +46,7 @@ class Fetched:
 @dataclass
 class FetchRequest:
     link: str
-    work: Path
+    work: str                                 # the work file (a str: no Path to unpickle)
     stored: SourceObject | None = None       # validators of our current copy, if any
     headers: dict[str, list[str]] = field(default_factory=dict)
     timeout: float | None = None
@@ -54,13 +55,14 @@ class FetchRequest:
     sidecar: bool = False                     # whether `work` may have a validator file
 
 
-def _sidecar(work: Path) -> Path:
-    return work.with_name(work.name + ".validator")
+def _sidecar(work: str) -> str:
+    return work + ".validator"
 
 
-def discard(work: Path) -> None:
-    work.unlink(missing_ok=True)
-    _sidecar(work).unlink(missing_ok=True)
+def discard(work: str) -> None:
+    for path in (work, _sidecar(work)):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
 
 
 class Fetcher:
@@ -113,7 +115,8 @@ class Fetcher:
         else:
             size, cksum = digest.check(req.work)
         if req.sidecar:
-            _sidecar(req.work).unlink(missing_ok=True)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(_sidecar(req.work))
         return Fetched(unchanged=False, size=size, cksum=cksum, custom=meta.custom(req.link))
 
     async def _stream(self, req: FetchRequest, obj: Any, events: TaskEvents,
@@ -147,14 +150,15 @@ def begin_body(req: FetchRequest, meta: SourceObject, offset: int) -> Digest | N
         return None
     req.validator = meta.etag and f'"{meta.etag}"' or meta.last_modified
     if meta.size is None or meta.size >= SIDECAR_FROM:
-        _sidecar(req.work).write_text(req.validator or "")
+        with open(_sidecar(req.work), "w") as f:
+            f.write(req.validator or "")
         req.sidecar = True
     return Digest(meta)
 
 
-def _size(path: Path) -> int:
+def _size(path: str) -> int:
     try:
-        return path.stat().st_size
+        return os.stat(path).st_size
     except FileNotFoundError:
         return 0
 
@@ -163,7 +167,8 @@ def _resume_point(req: FetchRequest, size: int) -> tuple[int, str | None]:
     """Bytes already on disk (`size`) and the validator to send as If-Range, or (0, None)."""
     if size and req.validator is None:
         try:
-            req.validator = _sidecar(req.work).read_text() or None  # left by a previous run
+            with open(_sidecar(req.work)) as f:
+                req.validator = f.read() or None  # left by a previous run
             req.sidecar = True
         except FileNotFoundError:
             pass
@@ -223,12 +228,12 @@ class Digest:
         if self.md5 is not None:
             self.md5.update(data)
 
-    def check(self, work: Path) -> tuple[int, str]:
+    def check(self, work: str) -> tuple[int, str]:
         _check(work, self.meta, self.size, self.md5.hexdigest() if self.md5 else None)
         return self.size, self.xx.hexdigest()
 
 
-def _verify(work: Path, meta: SourceObject) -> tuple[int, str]:
+def _verify(work: str, meta: SourceObject) -> tuple[int, str]:
     """Size and xxhash of a finished work file read back from disk (after a resume)."""
     digest = Digest(meta)
     with open(work, "rb") as f:
@@ -237,7 +242,7 @@ def _verify(work: Path, meta: SourceObject) -> tuple[int, str]:
     return digest.check(work)
 
 
-def _check(work: Path, meta: SourceObject, size: int, md5: str | None) -> None:
+def _check(work: str, meta: SourceObject, size: int, md5: str | None) -> None:
     """What arrived is what the source promised, or the work file goes."""
     if meta.size is not None and size != meta.size:
         discard(work)

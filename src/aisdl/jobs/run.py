@@ -10,7 +10,6 @@ import sqlite3
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from aisdl.db import Database
 from aisdl.engine.fetch import FetchRequest, discard
@@ -57,7 +56,7 @@ class Outcome:
     task: TaskState
     error: str = ""
     skipped: bool = False
-    work: Path | None = None
+    work: str | None = None
     size: int = 0
     cksum: str = ""
     custom: dict[str, str] = field(default_factory=dict)
@@ -190,8 +189,8 @@ class JobRun:
             if len(self._batch) >= FLUSH_AT:
                 self._flush_now.set()
 
-    def _work_path(self, item: Item) -> Path:
-        return self.store.work_path(self.spec.bucket, item.name, self.id, f".{item.index}")
+    def _work_path(self, item: Item) -> str:
+        return self.store.work_file(self.spec.bucket, item.name, self.id, f".{item.index}")
 
     async def _download(self, item: Item, stored: ObjectAttrs | None,
                         task: TaskState) -> Outcome:
@@ -223,7 +222,7 @@ class JobRun:
         return Outcome(item, task, work=req.work, size=got.size, cksum=got.cksum,
                        custom=got.custom)
 
-    async def _write_through(self, item: Item, work: Path) -> None:
+    async def _write_through(self, item: Item, work: str) -> None:
         """A cloud bucket as the destination: the object goes to the cloud too."""
         try:
             await self.fetcher.sources.cloud.put(source_link(self.spec.bucket, item.name), work)

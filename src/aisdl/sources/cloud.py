@@ -409,7 +409,7 @@ class CloudSource:
         except Exception as exc:  # noqa: BLE001
             raise translate(exc, link) from exc
 
-    async def put(self, link: str, path: Path) -> SourceObject:
+    async def put(self, link: str, path: str | Path) -> SourceObject:
         """Upload a local file (multipart when large); returns the new object's validators."""
         provider, bucket, key = parse_link(link)
         store = await self._store(provider, bucket)

@@ -96,6 +96,9 @@ class Store:
         return self.mountpath(bck, name) / bck.provider / bck.name / check_object_name(name)
 
     def work_path(self, bck: Bucket, name: str, tag: str, suffix: str = "") -> Path:
+        return Path(self.work_file(bck, name, tag, suffix))
+
+    def work_file(self, bck: Bucket, name: str, tag: str, suffix: str = "") -> str:
         """The work file of (tag, bucket, object): same mountpath, so the commit is a rename.
         Built from strings: on a small-file job this runs thousands of times a second."""
         digest = hashlib.sha1(f"{bck.provider}/{bck.name}/{name}".encode()).hexdigest()
@@ -105,7 +108,7 @@ class Store:
             path = self.mountpaths[key[0]] / WORK_DIR / tag
             path.mkdir(parents=True, exist_ok=True)
             parent = self._work_dirs[key] = str(path)
-        return Path(f"{parent}/{digest}{suffix}")
+        return f"{parent}/{digest}{suffix}"
 
     def drop_work(self, tag: str) -> None:
         """A job is over: remove its work directories (and whatever an abort left in them)."""
@@ -296,7 +299,7 @@ class Store:
         return await self.db.run(query)
 
     # -- objects: writes -----------------------------------------------------------------------
-    def commit_in_txn(self, conn: sqlite3.Connection, bck: Bucket, name: str, work: Path,
+    def commit_in_txn(self, conn: sqlite3.Connection, bck: Bucket, name: str, work: str | Path,
                       size: int, cksum: str, custom: dict[str, str],
                       atime_ns: int) -> ObjectAttrs:
         """Record the object and rename its work file into place, inside the caller's
@@ -322,13 +325,13 @@ class Store:
             (bck.provider, bck.name, a.name, a.size, a.version, a.cksum_type, a.cksum,
              a.atime_ns, json.dumps(a.custom)))
 
-    def _place(self, bck: Bucket, name: str, work: Path) -> None:
+    def _place(self, bck: Bucket, name: str, work: str | Path) -> None:
         final = self.object_path(bck, name)
         try:
             try:
                 os.replace(work, final)  # the parent usually exists: no mkdir on the hot path
             except FileNotFoundError:
-                if not work.exists():
+                if not os.path.exists(work):
                     raise
                 final.parent.mkdir(parents=True, exist_ok=True)
                 os.replace(work, final)
