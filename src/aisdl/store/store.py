@@ -67,6 +67,7 @@ class Store:
             raise ValueError("a store needs at least one mountpath")
         self.db = db
         self.mountpaths = [Path(p) for p in mountpaths]
+        self._mountpath_strs = [str(p) for p in self.mountpaths]
         self.node_id = node_id
         for mp in self.mountpaths:
             mp.mkdir(parents=True, exist_ok=True)
@@ -93,7 +94,12 @@ class Store:
                    key=lambda i: xxhash.xxh64_intdigest(key, seed=self._seeds[i]))
 
     def object_path(self, bck: Bucket, name: str) -> Path:
-        return self.mountpath(bck, name) / bck.provider / bck.name / check_object_name(name)
+        return Path(self.object_file(bck, name))
+
+    def object_file(self, bck: Bucket, name: str) -> str:
+        """Where an object's bytes live (a str, as work_file: commits run it per object)."""
+        mp = self._mountpath_strs[self._mountpath_index(bck, name)]
+        return f"{mp}/{bck.provider}/{bck.name}/{check_object_name(name)}"
 
     def work_path(self, bck: Bucket, name: str, tag: str, suffix: str = "") -> Path:
         return Path(self.work_file(bck, name, tag, suffix))
@@ -326,17 +332,17 @@ class Store:
              a.atime_ns, json.dumps(a.custom)))
 
     def _place(self, bck: Bucket, name: str, work: str | Path) -> None:
-        final = self.object_path(bck, name)
+        final = self.object_file(bck, name)
         try:
             try:
                 os.replace(work, final)  # the parent usually exists: no mkdir on the hot path
             except FileNotFoundError:
                 if not os.path.exists(work):
                     raise
-                final.parent.mkdir(parents=True, exist_ok=True)
+                os.makedirs(os.path.dirname(final), exist_ok=True)
                 os.replace(work, final)
             except IsADirectoryError:
-                final.rmdir()  # an empty directory left by a manual delete: take its place
+                os.rmdir(final)  # an empty directory left by a manual delete: take its place
                 os.replace(work, final)
         except (FileExistsError, NotADirectoryError) as exc:
             raise Conflict(f"cannot store {bck.cname}/{name}: a parent of it is an object in"
