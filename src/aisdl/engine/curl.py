@@ -9,10 +9,12 @@ for what a response means are the same functions the aiohttp path uses."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib.metadata
 import io
 import logging
 import os
+import select
 import socket
 import ssl
 import time
@@ -138,8 +140,10 @@ class _Sink(io.RawIOBase):
 
 
 class CurlEngine:
-    """libcurl's multi interface on the process's event loop: its sockets are watched by the
-    loop's selector and its timer is a loop timer, so a transfer costs no thread hand-offs."""
+    """libcurl's multi interface on the process's event loop: its sockets sit in an epoll set
+    of their own, which the loop watches as one descriptor, and its timer is a loop timer; a
+    transfer costs no thread hand-offs, and a socket's watch changes are single epoll_ctl
+    calls rather than the loop's reader and writer bookkeeping."""
 
     def __init__(self, connections: int, per_host: int, allow_private: bool) -> None:
         self.allow_private = allow_private
@@ -155,8 +159,8 @@ class CurlEngine:
         m.setopt(pycurl.M_SOCKETFUNCTION, self._on_socket)
         m.setopt(pycurl.M_TIMERFUNCTION, self._on_timer)
         self.loop: asyncio.AbstractEventLoop | None = None
-        self.registered: dict[int, int] = {}  # fd: what the loop watches for us
-        self.kept: dict[int, int] = {}        # fd: inode, of idle sockets kept registered
+        self.epoll = select.epoll()
+        self.watched: set[int] = set()  # libcurl's sockets in the epoll set
         self.timer: asyncio.TimerHandle | None = None
         self.ticker: asyncio.TimerHandle | None = None
         self.running: set[_Transfer] = set()
@@ -164,7 +168,10 @@ class CurlEngine:
 
     async def attempt(self, req: FetchRequest, events: TaskEvents, start: int,
                       if_range: str | None) -> Fetched | Body:
-        self.loop = asyncio.get_running_loop()
+        loop = asyncio.get_running_loop()
+        if self.loop is not loop:
+            self.loop = loop
+            loop.add_reader(self.epoll.fileno(), self._on_ready)
         t = _Transfer(req, events, start, if_range, self.loop.create_future())
         self._add(t)
         try:
@@ -180,12 +187,13 @@ class CurlEngine:
         for t in list(self.running):
             t.outcome = asyncio.CancelledError()
             self._finish(t)
-        for fd in list(self.registered):
-            self._forget(fd)
+        if self.loop is not None:
+            self.loop.remove_reader(self.epoll.fileno())
         for handle in (self.timer, self.ticker):
             if handle is not None:
                 handle.cancel()
         self.multi.close()
+        self.epoll.close()
 
     def _add(self, t: _Transfer) -> None:
         h = self.idle.pop() if self.idle else _Handle(self)
@@ -202,11 +210,16 @@ class CurlEngine:
             self.ticker = self.loop.call_later(TICK, self._tick)  # type: ignore[union-attr]
         self.multi.add_handle(c)
 
-    def _act(self, fd: int, flags: int) -> None:
-        if fd in self.kept:  # an idle connection stirred (closed by the server, say)
-            self._forget(fd)
-            return
-        self.multi.socket_action(fd, flags)
+    def _on_ready(self) -> None:
+        for fd, events in self.epoll.poll(0):
+            flags = 0
+            if events & (select.EPOLLIN | select.EPOLLHUP | select.EPOLLERR):
+                flags |= pycurl.CSELECT_IN
+            if events & select.EPOLLOUT:
+                flags |= pycurl.CSELECT_OUT
+            if events & select.EPOLLERR:
+                flags |= pycurl.CSELECT_ERR
+            self.multi.socket_action(fd, flags)
         self._collect()
 
     def _on_deadline(self) -> None:
@@ -348,55 +361,33 @@ class CurlEngine:
             t.final.set_result(t.outcome)
 
     def _on_socket(self, what: int, fd: int, multi: Any, data: Any) -> None:
-        """libcurl now waits for `what` on `fd`. A socket it stops watching (a connection back
-        in its pool) keeps its reader, so the next request on it costs no epoll_ctl calls.
-        libcurl may close such a socket without a word and the number come back as another
-        one, so a kept reader is trusted again only if the inode behind the number is the
-        same; it goes when it fires while idle."""
-        loop = self.loop
-        assert loop is not None
-        if fd in self.kept and _inode(fd) != self.kept.pop(fd):
-            self._forget(fd)  # the socket we watched is gone: start afresh
-        has = self.registered.get(fd, 0)
+        """libcurl now waits for `what` on `fd` (POLL_REMOVE: nothing; it says so before it
+        closes a socket it watched)."""
         if what == pycurl.POLL_REMOVE:
-            if has & pycurl.POLL_OUT:
-                loop.remove_writer(fd)  # (a writable socket would wake the loop at every turn)
-            if has & pycurl.POLL_IN:
-                self.kept[fd] = _inode(fd)
-                self.registered[fd] = pycurl.POLL_IN
-            else:
-                self.registered.pop(fd, None)
+            if fd in self.watched:
+                self.watched.discard(fd)
+                with contextlib.suppress(OSError):  # closed already: gone from the set
+                    self.epoll.unregister(fd)
             return
-        if what & pycurl.POLL_IN and not has & pycurl.POLL_IN:
-            loop.add_reader(fd, self._act, fd, pycurl.CSELECT_IN)
-        elif has & pycurl.POLL_IN and not what & pycurl.POLL_IN:
-            loop.remove_reader(fd)
-        if what & pycurl.POLL_OUT and not has & pycurl.POLL_OUT:
-            loop.add_writer(fd, self._act, fd, pycurl.CSELECT_OUT)
-        elif has & pycurl.POLL_OUT and not what & pycurl.POLL_OUT:
-            loop.remove_writer(fd)
-        self.registered[fd] = what
-
-    def _forget(self, fd: int) -> None:
-        has = self.registered.pop(fd, 0)
-        self.kept.pop(fd, None)
-        if has & pycurl.POLL_IN:
-            self.loop.remove_reader(fd)  # type: ignore[union-attr]
-        if has & pycurl.POLL_OUT:
-            self.loop.remove_writer(fd)  # type: ignore[union-attr]
+        mask = ((select.EPOLLIN if what & pycurl.POLL_IN else 0)
+                | (select.EPOLLOUT if what & pycurl.POLL_OUT else 0))
+        if fd in self.watched:
+            try:
+                self.epoll.modify(fd, mask)
+                return
+            except FileNotFoundError:  # closed without a word, and the number reused
+                pass
+        try:
+            self.epoll.register(fd, mask)
+        except FileExistsError:
+            self.epoll.modify(fd, mask)
+        self.watched.add(fd)
 
     def _on_timer(self, ms: int) -> None:
         if self.timer is not None:
             self.timer.cancel()
         self.timer = None if ms < 0 else self.loop.call_later(  # type: ignore[union-attr]
             ms / 1000, self._on_deadline)
-
-
-def _inode(fd: int) -> int:
-    try:
-        return os.fstat(fd).st_ino
-    except OSError:  # closed
-        return -1
 
 
 def user_agent() -> str:
