@@ -249,7 +249,7 @@ def test_short_body_is_not_committed(http: Session, inproc: InProcessNode, bucke
         assert http.call("HEAD", f"objects/{bucket}/short").status_code == 404
         time.sleep(0.1)
     put_dir = Path(inproc.config.home / "data" / ".work" / "put")
-    assert not list(put_dir.glob("*")) if put_dir.exists() else True
+    assert not [p for p in put_dir.rglob("*") if p.is_file()] if put_dir.exists() else True
 
 
 def test_name_conflict_with_directory(http: Session, bucket: str) -> None:
