@@ -29,7 +29,7 @@ from aisdl.engine.egress import blocked_reason
 from aisdl.engine.fetch import Digest, Fetched, FetchRequest, TaskEvents, begin_body, unchanged
 from aisdl.errors import SourceError
 from aisdl.sources.base import SourceObject
-from aisdl.sources.http import judge, request_headers
+from aisdl.sources.http import MAX_REDIRECTS, judge, request_headers
 
 log = logging.getLogger("aisdl.engine")
 BUFFER = 1 << 20         # libcurl's read buffer and our write buffer, per transfer: 512 KiB
@@ -81,7 +81,7 @@ class _Handle:
         c.setopt(pycurl.NOSIGNAL, 1)
         c.setopt(pycurl.BUFFERSIZE, BUFFER)
         c.setopt(pycurl.FOLLOWLOCATION, 1)
-        c.setopt(pycurl.MAXREDIRS, 10)
+        c.setopt(pycurl.MAXREDIRS, MAX_REDIRECTS)
         c.setopt(pycurl.PROTOCOLS, pycurl.PROTO_HTTP | pycurl.PROTO_HTTPS)
         c.setopt(pycurl.REDIR_PROTOCOLS, pycurl.PROTO_HTTP | pycurl.PROTO_HTTPS)
         c.setopt(pycurl.PROXY, "")  # like the aiohttp session: no proxies from the environment
@@ -287,8 +287,9 @@ class CurlEngine:
         return SourceError(f"request failed: {message}", transient=True)
 
     def begin(self, t: _Transfer) -> bool:
-        """At the end of the headers: decide from them alone, or open the work file for the
-        body. False when the outcome is already known (the transfer stops there)."""
+        """At the first drain of the body (or the end of an empty one): decide from the headers
+        alone, or open the work file. False when the outcome is already known (the transfer
+        stops there)."""
         assert t.handle is not None
         status, headers = _parse(t.handle.lines)  # (pycurl refuses getinfo in a callback)
         req = t.req
@@ -400,10 +401,10 @@ def _parse(lines: list[bytes]) -> tuple[int, CIMultiDict[str]]:
     first = next((i for i in range(len(lines) - 1, -1, -1) if lines[i].startswith(b"HTTP/")),
                  None)
     parts = lines[first].split(None, 2) if first is not None else []
-    if len(parts) < 2 or not parts[1].isdigit():
+    if first is None or len(parts) < 2 or not parts[1].isdigit():
         raise SourceError("the source sent no valid HTTP status line", transient=True)
     headers: CIMultiDict[str] = CIMultiDict()
-    for line in lines[first + 1:]:  # type: ignore[operator]
+    for line in lines[first + 1:]:
         name, sep, value = line.decode("latin-1").partition(":")
         if not sep:
             break  # the blank line: what may follow are trailers of a chunked body

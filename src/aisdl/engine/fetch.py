@@ -59,10 +59,14 @@ def _sidecar(work: str) -> str:
     return work + ".validator"
 
 
+def _remove(path: str) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+
+
 def discard(work: str) -> None:
-    for path in (work, _sidecar(work)):
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(path)
+    _remove(work)
+    _remove(_sidecar(work))
 
 
 class Fetcher:
@@ -115,8 +119,7 @@ class Fetcher:
         else:
             size, cksum = digest.check(req.work)
         if req.sidecar:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(_sidecar(req.work))
+            _remove(_sidecar(req.work))
         return Fetched(unchanged=False, size=size, cksum=cksum, custom=meta.custom(req.link))
 
     async def _stream(self, req: FetchRequest, obj: Any, events: TaskEvents,

@@ -121,9 +121,10 @@ class Store:
 
     def drop_work(self, tag: str) -> None:
         """A job is over: remove its work directories (and whatever an abort left in them)."""
-        for i, mp in enumerate(self.mountpaths):
-            for key in [k for k in list(self._work_dirs) if k[:2] == (i, tag)]:  # (runs on a
-                self._work_dirs.pop(key, None)  # thread while jobs add keys: no live iteration)
+        # (runs on a thread while jobs add keys: a copy of the keys, no live iteration)
+        for key in [k for k in list(self._work_dirs) if k[1] == tag]:
+            self._work_dirs.pop(key, None)
+        for mp in self.mountpaths:
             shutil.rmtree(mp / WORK_DIR / tag, ignore_errors=True)
 
     def clean_work(self, keep_tags: set[str]) -> None:
