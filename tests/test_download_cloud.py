@@ -272,10 +272,13 @@ def test_listing_failure_is_one_clear_job_error(s3_server, cloud_node):
     assert not [j for j in c.list_downloads() if "no-such-bucket-x" in j["description"]]
     src = s3_server.new_bucket(versioned=False)
     keys = [f"o{i:04d}" for i in range(1200)]
-    s3_server.put_many(src, [(k, b"x") for k in keys])
+    s3_server.put_many(src, [(k, b"x" * 512) for k in keys])
+    # Throttled to about an object a second while the objects exist, so the job is still on
+    # its first page when they go (unthrottled, a busy machine let it reach the second page
+    # before the deletes did); the rest of that page then fails fast, object by object.
     job = c.start_download({"type": "backend", "bucket": {"name": src, "provider": "aws"},
-                            "limits": {"connections": 4}})
-    for i in range(0, len(keys), 1000):  # gone long before the job needs its second page
+                            "limits": {"connections": 4, "bytes_per_hour": 512 * 3600}})
+    for i in range(0, len(keys), 1000):
         s3_server.client.delete_objects(
             Bucket=src, Delete={"Objects": [{"Key": k} for k in keys[i:i + 1000]]})
     s3_server.client.delete_bucket(Bucket=src)
