@@ -508,7 +508,8 @@ def candidates(w: Workload) -> dict[str, list[Candidate]]:
         }
     out: dict[str, list[Candidate]] = {
         "aisdl": [Candidate("aisdl", "defaults (--max-conns 64)", {}),
-                  Candidate("aisdl", "--conns 16", {"conns": 16})],
+                  Candidate("aisdl", "--conns 16", {"conns": 16}),
+                  Candidate("aisdl", "node --max-conns 128", {"max_conns": 128})],
     }
     for n in (16, 64):
         out.setdefault("wget2", []).append(Candidate("wget2", f"--max-threads={n}", {"n": n}))
@@ -674,7 +675,9 @@ class Bench:
 
     def run_aisdl(self, w: Workload, cand: Candidate, base: Path) -> RunResult:
         lp = self.logs / f"{w.key}-aisdl.log"
-        node = Node(base, self.logs / f"{w.key}-aisdl-node.log", [])
+        conns = cand.params.get("max_conns")
+        serve = ["--max-conns", str(conns)] if conns else []
+        node = Node(base, self.logs / f"{w.key}-aisdl-node.log", serve)
         try:
             argv = [str(AIS), "start", "download", w.template(self.nginx.base),
                     f"ais://{BUCKET}/"]
