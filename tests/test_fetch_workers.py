@@ -153,16 +153,19 @@ class _Counting(BaseHTTPRequestHandler):
         with cls.lock:
             cls.now += 1
             cls.peak = max(cls.peak, cls.now)
+        body = payload(self.path, 50_000)
         try:
-            body = payload(self.path, 50_000)
             self.send_response(200)
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             time.sleep(0.15)
-            self.wfile.write(body)
+            self.wfile.write(body[:-1])
         finally:
             with cls.lock:
                 cls.now -= 1
+        # Counted out before the last byte leaves: the client cannot be done with this request
+        # (and start another) while it still counts here, however late this thread runs.
+        self.wfile.write(body[-1:])
 
     def log_message(self, *args: object) -> None:
         pass
