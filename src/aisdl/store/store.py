@@ -71,7 +71,7 @@ class Store:
         self.node_id = node_id
         for mp in self.mountpaths:
             mp.mkdir(parents=True, exist_ok=True)
-        self._seeds = [xxhash.xxh64_intdigest(str(mp).encode()) for mp in self.mountpaths]
+        self._seeds = [xxhash.xxh64_intdigest(mp.encode()) for mp in self._mountpath_strs]
         # Bucket props, mirrored from the catalog; changed only on the database thread.
         self._buckets: dict[Bucket, Props] = db.run_sync(self._load_buckets)
         # (mountpath, tag, shard) → a directory that exists
