@@ -13,10 +13,11 @@ from aisdl.client import Client, NodeUnreachable
 from aisdl.config import default_home
 
 
-def ensure_node(endpoint: str) -> None:
-    client = Client(endpoint)
+def ensure_node(client: Client) -> None:
+    """Returns once `client`'s node answers; its connection then serves the command's calls."""
     if client.health():
         return
+    endpoint = client.endpoint
     url = urlsplit(endpoint)
     if url.hostname not in ("127.0.0.1", "localhost") or url.port is None:
         raise NodeUnreachable(f"no node answers at {endpoint} (is AIS_ENDPOINT right?)")

@@ -20,6 +20,7 @@ class CliContext:
         if self._client is None:
             from aisdl.cli.autostart import ensure_node
 
-            ensure_node(self.endpoint)
-            self._client = Client(self.endpoint)
+            client = Client(self.endpoint)
+            ensure_node(client)
+            self._client = client
         return self._client

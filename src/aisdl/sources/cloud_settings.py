@@ -4,7 +4,6 @@ Kept apart from `cloud.py` so that configuration does not import obstore."""
 
 from __future__ import annotations
 
-import configparser
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -84,6 +83,8 @@ def _aws_profile(env: Mapping[str, str], region: str | None) -> dict[str, Any]:
 
 
 def _ini_section(path: str | Path, section: str) -> dict[str, str]:
+    import configparser  # here: every `ais` command imports this module, few read INI files
+
     parser = configparser.RawConfigParser()
     try:
         parser.read(path)
