@@ -112,6 +112,29 @@ def test_status_with_errors(origin, node):
     assert origin.hits("/404.tar") == 1  # 404 is terminal: no retries
 
 
+def test_names_the_disk_refuses_are_errors_and_never_listed(origin, node):
+    """One job makes `a` and `a/b` (and `p/q`, `p`) both objects, and asks for a name too long
+    for the filesystem: whichever of a pair commits second is an error, the long name is an
+    error, and the bucket lists only objects whose bytes are on disk."""
+    c = node.client()
+    origin.add("/f", payload("f", 100))
+    link = origin.url_for("/f")
+    too_long = "d/" + "n" * 300
+    job = start(c, type="multi", objects={n: link for n in ("a", "a/b", "p/q", "p", too_long,
+                                                            "x")})
+    st = wait_job(c, job)
+    assert (st["finished_cnt"], st["error_cnt"]) == (3, 3)
+    errors = {e["name"]: e["error"] for e in st["download_errors"]}
+    assert "too long" in errors[too_long]
+    assert sum("cannot also be a directory" in errors.get(n, "") or
+               "directory of other objects" in errors.get(n, "") for n in ("a", "a/b")) == 1
+    assert sum(n in errors for n in ("p", "p/q")) == 1
+    listed = names(c)
+    assert sorted(listed) == sorted({"a", "a/b", "p", "p/q", "x"} - set(errors))
+    for name in listed:
+        assert c.get_object(B, name).content == payload("f", 100)
+
+
 def test_transient_errors_are_retried(origin, node):
     c = node.client()
     origin.add("/flaky", payload("f", 5000))

@@ -4,6 +4,7 @@ listing, bucket props."""
 from __future__ import annotations
 
 import os
+import sqlite3
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import xxhash
 from aisdl.db import Database
 from aisdl.errors import BadRequest, Conflict, NotFound
 from aisdl.models import Bucket
+from aisdl.store.catalog_view import CatalogView
 from aisdl.store.paths import check_object_name, normalize_object_name
 from aisdl.store.store import Store
 
@@ -139,6 +141,38 @@ async def test_file_versus_directory_conflicts(store: Store, db: Database) -> No
     await store.delete_object(B, "d/e")
     await db.run(lambda c: store.commit_in_txn(c, B, "d", work, 1, "", {}, 0))
     assert store.object_path(B, "d").read_bytes() == b"x"
+
+
+async def test_one_batch_sees_its_own_commits(store: Store, db: Database) -> None:
+    """A job commits a batch in one transaction with one read of the catalog: names repeated or
+    nested within the batch get the versions and conflicts they would get one by one."""
+    await put(store, "old", b"0")
+    await put(store, "dir/in", b"0")
+    names = ["x", "x", "n", "n/m", "p/q", "p", "old/y", "dir", "old"]
+
+    def commit_all(conn: sqlite3.Connection) -> list[str]:
+        view = CatalogView(conn, B, names)
+        out = []
+        for i, name in enumerate(names):
+            work = store.work_file(B, name, "job", f".{i}")
+            Path(work).write_bytes(name.encode())
+            try:
+                out.append(store.commit_in_txn(conn, B, name, work, 1, "", {}, 0, view).version)
+            except Conflict as err:
+                out.append(err.message)
+                os.unlink(work)
+        return out
+
+    got = await db.run(commit_all)
+    assert got[:3] == ["1", "2", "1"]
+    assert "ais://b/n is an object" in got[3]
+    assert got[4] == "1" and "it is a directory of other objects (e.g. ais://b/p/q)" in got[5]
+    assert "ais://b/old is an object" in got[6]
+    assert "(e.g. ais://b/dir/in)" in got[7]
+    assert got[8] == "2"
+    listed = [a.name for a in await store.list_objects(B, "", "", 100)]
+    assert listed == ["dir/in", "n", "old", "p/q", "x"]
+    assert store.object_path(B, "x").read_bytes() == b"x"
 
 
 async def test_too_long_name_is_a_bad_request(store: Store) -> None:

@@ -22,6 +22,7 @@ from aisdl.jobs.records import Counters, Cursor, TaskInfo
 from aisdl.jobs.request import Item, JobSpec
 from aisdl.models import ObjectAttrs
 from aisdl.sources.base import SourceObject
+from aisdl.store.catalog_view import CatalogView
 from aisdl.store.paths import check_object_name
 from aisdl.store.store import Store
 
@@ -253,11 +254,12 @@ class JobRun:
         counters = Counters(**vars(self.counters))
         cursor = Cursor(self.cursor.low, set(self.cursor.above))
         errors, tasks = [], []
+        view = CatalogView(conn, self.spec.bucket, [o.item.name for o in batch if o.work])
         for o in batch:
             if o.work is not None:
                 try:
                     self.store.commit_in_txn(conn, self.spec.bucket, o.item.name, o.work, o.size,
-                                             o.cksum, o.custom, o.task.start_ns)
+                                             o.cksum, o.custom, o.task.start_ns, view)
                 except AisdlError as err:
                     discard(o.work)
                     o.error = err.message

@@ -28,8 +28,9 @@ from typing import Any, TypeVar
 import xxhash
 
 from aisdl.db import Database
-from aisdl.errors import BadRequest, Conflict, NotFound
+from aisdl.errors import AisdlError, BadRequest, Conflict, NotFound
 from aisdl.models import Bucket, ObjectAttrs
+from aisdl.store.catalog_view import CatalogView
 from aisdl.store.paths import check_object_name
 from aisdl.store.props import Props, default_props, merge_props, with_defaults
 
@@ -311,22 +312,30 @@ class Store:
 
     # -- objects: writes -----------------------------------------------------------------------
     def commit_in_txn(self, conn: sqlite3.Connection, bck: Bucket, name: str, work: str | Path,
-                      size: int, cksum: str, custom: dict[str, str],
-                      atime_ns: int) -> ObjectAttrs:
+                      size: int, cksum: str, custom: dict[str, str], atime_ns: int,
+                      view: CatalogView | None = None) -> ObjectAttrs:
         """Record the object and rename its work file into place, inside the caller's
-        transaction (on the database thread). On error the work file stays for the caller."""
+        transaction (on the database thread). On error the work file stays for the caller.
+        `view`: the catalog as read for the caller's whole batch of names."""
         props = self.require_bucket(bck)
-        row = conn.execute(
-            "SELECT version FROM objects WHERE provider = ? AND bucket = ? AND name = ?",
-            (bck.provider, bck.name, name)).fetchone()
-        if row is None:
-            _check_no_dir_clash(conn, bck, name)
-        attrs = ObjectAttrs(name=name, size=size, version=_next_version(row, props),
+        view = view or CatalogView(conn, bck, [name])
+        previous = view.version(name)
+        if previous is None:
+            view.check_no_dir_clash(name)
+        attrs = ObjectAttrs(name=name, size=size, version=_next_version(previous, props),
                             cksum_type="xxhash2", cksum=cksum, atime_ns=atime_ns,
                             custom=dict(custom))
         self._upsert(conn, bck, attrs)
-        # Catalog first, rename last: if the rename fails the transaction rolls back.
-        self._place(bck, name, work)
+        # Catalog first, rename last: a failed rename rolls the transaction back; when the disk
+        # refuses the name (a clash, too long), only this new row goes.
+        try:
+            self._place(bck, name, work)
+        except AisdlError:
+            if previous is None:
+                conn.execute("DELETE FROM objects WHERE provider = ? AND bucket = ? AND name = ?",
+                             (bck.provider, bck.name, name))
+            raise
+        view.committed(name, attrs.version)
         return attrs
 
     def _upsert(self, conn: sqlite3.Connection, bck: Bucket, a: ObjectAttrs) -> None:
@@ -460,35 +469,13 @@ class Store:
         return await asyncio.get_running_loop().run_in_executor(None, fn)
 
 
-def _check_no_dir_clash(conn: sqlite3.Connection, bck: Bucket, name: str) -> None:
-    """An object cannot also be a directory of other objects (the bytes mirror the names on
-    disk). Checked in the catalog, so the answer does not depend on which mountpaths the
-    names hash to."""
-    parts = name.split("/")
-    parents = ["/".join(parts[:i]) for i in range(1, len(parts))]
-    if parents:
-        marks = ",".join("?" * len(parents))
-        clash = conn.execute(
-            f"SELECT name FROM objects WHERE provider = ? AND bucket = ? AND name IN ({marks})"
-            " LIMIT 1", (bck.provider, bck.name, *parents)).fetchone()
-        if clash:
-            raise Conflict(f"cannot store {bck.cname}/{name}: {bck.cname}/{clash['name']} is"
-                           " an object, so it cannot also be a directory")
-    child = conn.execute(
-        "SELECT name FROM objects WHERE provider = ? AND bucket = ? AND name > ? AND name < ?"
-        " LIMIT 1", (bck.provider, bck.name, name + "/", name + "0")).fetchone()
-    if child:
-        raise Conflict(f"cannot store {bck.cname}/{name}: it is a directory of other objects"
-                       f" (e.g. {bck.cname}/{child['name']})")
-
-
-def _next_version(row: sqlite3.Row | None, props: Props) -> str:
+def _next_version(previous: str | None, props: Props) -> str:
     """`1` for a new object, previous + 1 on overwrite; empty when versioning is off."""
     if not props.get("versioning", {}).get("enabled", True):
         return ""
-    if row is None or not str(row["version"]).isdigit():
+    if previous is None or not previous.isdigit():
         return "1"
-    return str(int(row["version"]) + 1)
+    return str(int(previous) + 1)
 
 
 def _verify_checksum(cksum: tuple[str, str] | None, xxh64: str, work: Path) -> None:
