@@ -27,7 +27,6 @@ from multidict import CIMultiDict
 
 from aisdl.engine.egress import blocked_reason
 from aisdl.engine.fetch import Digest, Fetched, FetchRequest, TaskEvents, begin_body, unchanged
-from aisdl.engine.prealloc import preallocate
 from aisdl.errors import SourceError
 from aisdl.sources.base import SourceObject
 from aisdl.sources.http import MAX_REDIRECTS, judge, request_headers
@@ -311,8 +310,6 @@ class CurlEngine:
         else:
             fd = os.open(req.work, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
         t.fd, t.meta = fd, meta
-        if meta.size is not None:
-            preallocate(fd, t.offset, meta.size - t.offset)
         return True
 
     def _tick(self) -> None:
