@@ -1,8 +1,8 @@
 """What the catalog says about a batch of names about to be committed: which exist (and their
 versions), and which would clash with a directory of objects. Read in two queries per batch
-rather than two or three per object: on a busy node each statement the database thread runs
-hands the GIL to the event loop and waits to get it back, and per-object lookups cost ~10% of
-a small-file job's CPU. Runs on the database thread, inside the batch's transaction."""
+rather than two or three per object: a commit took 24.5 µs alone, 17.2 µs with the view, and on
+a busy node each statement the database thread runs also hands the GIL to the event loop and
+waits to get it back. Runs on the database thread, inside the batch's transaction."""
 
 from __future__ import annotations
 

@@ -316,7 +316,7 @@ class Store:
                       view: CatalogView | None = None) -> ObjectAttrs:
         """Record the object and rename its work file into place, inside the caller's
         transaction (on the database thread). On error the work file stays for the caller.
-        `view`: the catalog as read for the caller's whole batch of names."""
+        `view`: the catalog as read for the caller's batch of names, this one among them."""
         props = self.require_bucket(bck)
         view = view or CatalogView(conn, bck, [name])
         previous = view.version(name)
