@@ -332,8 +332,7 @@ class Store:
             self._place(bck, name, work)
         except AisdlError:
             if previous is None:
-                conn.execute("DELETE FROM objects WHERE provider = ? AND bucket = ? AND name = ?",
-                             (bck.provider, bck.name, name))
+                _delete_row(conn, bck, name)
             raise
         view.committed(name, attrs.version)
         return attrs
@@ -442,10 +441,7 @@ class Store:
         self.require_bucket(bck)
 
         def delete(conn: sqlite3.Connection) -> None:
-            cur = conn.execute(
-                "DELETE FROM objects WHERE provider = ? AND bucket = ? AND name = ?",
-                (bck.provider, bck.name, name))
-            if cur.rowcount == 0:
+            if not _delete_row(conn, bck, name):
                 raise NotFound(f"{bck.cname}/{name} doesn't exist")
             self._remove_file(bck, name)
 
@@ -467,6 +463,12 @@ class Store:
 
     async def _in_executor(self, fn: Callable[[], T]) -> T:
         return await asyncio.get_running_loop().run_in_executor(None, fn)
+
+
+def _delete_row(conn: sqlite3.Connection, bck: Bucket, name: str) -> bool:
+    """Remove an object's catalog row; False when there was none."""
+    return conn.execute("DELETE FROM objects WHERE provider = ? AND bucket = ? AND name = ?",
+                        (bck.provider, bck.name, name)).rowcount > 0
 
 
 def _next_version(previous: str | None, props: Props) -> str:
