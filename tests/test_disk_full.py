@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from aisdl.errors import AisdlError
 from aisdl.models import Bucket
 from conftest import Node
 from helpers import free_port, wait_job
@@ -27,6 +28,26 @@ def small_disk(tmp_path: Path):  # noqa: ANN201
         pytest.skip(f"cannot mount a small tmpfs here: {mounted.stderr.strip()}")
     yield mnt
     subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def test_a_put_that_does_not_fit_is_507(tmp_path, small_disk):
+    """507 Insufficient Storage, with the disk's words; nothing of the upload stays behind."""
+    node = Node(free_port(), tmp_path / "home", tmp_path / "node.log",
+                extra_args=("--mountpath", str(small_disk)))
+    node.start()
+    try:
+        c = node.client()
+        b = Bucket("ais", "b")
+        c.create_bucket(b)
+        with pytest.raises(AisdlError, match="cannot store ais://b/big: No space left") as err:
+            c.put_object(b, "big", payload("p", 2_000_000))
+        assert err.value.status == 507
+        assert list(c.list_objects(b)) == []
+        assert [p for p in small_disk.rglob("*") if p.is_file()] == []
+        c.put_object(b, "small", b"fits")  # the space is free again
+        assert c.get_object(b, "small").content == b"fits"
+    finally:
+        node.stop()
 
 
 def test_disk_full_fails_files_cleanly(origin, tmp_path, small_disk):
@@ -54,5 +75,48 @@ def test_disk_full_fails_files_cleanly(origin, tmp_path, small_disk):
         tiny = c.start_download({"type": "single", "bucket": {"name": "b"},
                                  "link": origin.url_for("/tiny")})
         assert wait_job(c, tiny)["finished_cnt"] == 1  # the node still works
+    finally:
+        node.stop()
+
+
+@pytest.fixture
+def few_inodes(tmp_path: Path):  # noqa: ANN201
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    mnt = tmp_path / "few-inodes"
+    mnt.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m,nr_inodes=60", "tmpfs",
+                              str(mnt)], capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {mounted.stderr.strip()}")
+    yield mnt
+    subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def test_no_room_for_a_directory_at_commit_fails_only_those_files(origin, tmp_path, few_inodes):
+    """Each object needs a directory of its own when it is committed; once the filesystem has
+    no inode left for one, those objects fail with the disk's error and every other object
+    of the same batch is still recorded: the counts add up and the listing matches the disk."""
+    names = [f"d{i:02d}/f" for i in range(40)]
+    for name in names:
+        origin.add(f"/{name}", payload(name, 1000))
+    node = Node(free_port(), tmp_path / "home", tmp_path / "node.log",
+                extra_args=("--mountpath", str(few_inodes), "--retry-attempts", "1"))
+    node.start()
+    try:
+        c = node.client()
+        job = c.start_download({"type": "multi", "bucket": {"name": "b"},
+                                "objects": {n: origin.url_for(f"/{n}") for n in names}})
+        st = wait_job(c, job)
+        assert st["finished_cnt"] + st["error_cnt"] == len(names), st
+        assert 0 < st["error_cnt"] < len(names), st
+        assert all("No space left on device" in e["error"] for e in st["download_errors"])
+        listed = sorted(e["n"] for e in c.list_objects(Bucket("ais", "b")))
+        assert len(listed) == st["finished_cnt"]
+        for name in listed:
+            assert c.get_object(Bucket("ais", "b"), name).content == payload(name, 1000)
+        on_disk = sorted(str(p.relative_to(few_inodes / "ais" / "b"))
+                         for p in (few_inodes / "ais" / "b").rglob("f"))
+        assert on_disk == listed  # no file the catalog does not know of
     finally:
         node.stop()

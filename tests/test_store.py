@@ -143,6 +143,32 @@ async def test_file_versus_directory_conflicts(store: Store, db: Database) -> No
     assert store.object_path(B, "d").read_bytes() == b"x"
 
 
+async def test_a_refused_overwrite_keeps_the_stored_object(store: Store, db: Database) -> None:
+    """Someone put a directory of files where an object's bytes were: a new download of that
+    object is refused, and the catalog still describes the object as it was."""
+    await put(store, "o", b"old")
+    before = await store.lookup(B, "o")
+    path = store.object_path(B, "o")
+    path.unlink()
+    path.mkdir()
+    (path / "by-hand").write_bytes(b"x")
+    work = store.work_path(B, "o", "job")
+    work.write_bytes(b"newer")
+
+    def commit_in_a_batch(conn: sqlite3.Connection) -> str:
+        try:  # a job's batch records the error and goes on: its transaction commits
+            store.commit_in_txn(conn, B, "o", work, 5, "ck2", {"ETag": "n"}, 9)
+        except Conflict as err:
+            return err.message
+        return "committed"
+
+    refused = await db.run(commit_in_a_batch)
+    assert refused == ("cannot store ais://b/o: other objects are named o/..."
+                       " (an object cannot also be a directory)")
+    assert work.exists()  # left for the caller
+    assert await store.lookup(B, "o") == before  # size, checksum, version and metadata
+
+
 async def test_one_batch_sees_its_own_commits(store: Store, db: Database) -> None:
     """A job commits a batch in one transaction with one read of the catalog: names repeated or
     nested within the batch get the versions and conflicts they would get one by one."""

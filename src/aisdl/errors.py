@@ -15,6 +15,8 @@ exits 1. SourceError never leaves the engine: it becomes a per-file error of a j
 
 from __future__ import annotations
 
+import errno
+
 
 class AisdlError(Exception):
     status = 500
@@ -41,6 +43,13 @@ class Conflict(AisdlError):
 
 class InsufficientStorage(AisdlError):
     status = 507
+
+
+def disk_error(exc: OSError, doing: str) -> AisdlError:
+    """The disk refused: 507 when it has no room left, else a plain server error; the message
+    says what was being done and what the disk said."""
+    out_of_room = exc.errno in (errno.ENOSPC, errno.EDQUOT)
+    return (InsufficientStorage if out_of_room else AisdlError)(f"{doing}: {exc.strerror or exc}")
 
 
 class SourceError(Exception):

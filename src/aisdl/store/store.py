@@ -28,7 +28,7 @@ from typing import Any, TypeVar
 import xxhash
 
 from aisdl.db import Database
-from aisdl.errors import AisdlError, BadRequest, Conflict, NotFound
+from aisdl.errors import BadRequest, Conflict, NotFound, disk_error
 from aisdl.models import Bucket, ObjectAttrs
 from aisdl.store.catalog_view import CatalogView
 from aisdl.store.paths import check_object_name
@@ -314,7 +314,7 @@ class Store:
     def commit_in_txn(self, conn: sqlite3.Connection, bck: Bucket, name: str, work: str | Path,
                       size: int, cksum: str, custom: dict[str, str], atime_ns: int,
                       view: CatalogView | None = None) -> ObjectAttrs:
-        """Record the object and rename its work file into place, inside the caller's
+        """Rename the object's work file into place and record it, inside the caller's
         transaction (on the database thread). On error the work file stays for the caller.
         `view`: the catalog as read for the caller's batch of names, this one among them."""
         props = self.require_bucket(bck)
@@ -322,18 +322,14 @@ class Store:
         previous = view.version(name)
         if previous is None:
             view.check_no_dir_clash(name)
+        # Bytes first, row second: when the disk refuses the name (a clash, too long, no room
+        # for its directory) the catalog stays as it was, old object and all. Both land in the
+        # caller's transaction, so a crash before it commits leaves the same state either way.
+        self._place(bck, name, work)
         attrs = ObjectAttrs(name=name, size=size, version=_next_version(previous, props),
                             cksum_type="xxhash2", cksum=cksum, atime_ns=atime_ns,
                             custom=dict(custom))
         self._upsert(conn, bck, attrs)
-        # Catalog first, rename last: a failed rename rolls the transaction back; when the disk
-        # refuses the name (a clash, too long), only this new row goes.
-        try:
-            self._place(bck, name, work)
-        except AisdlError:
-            if previous is None:
-                _delete_row(conn, bck, name)
-            raise
         view.committed(name, attrs.version)
         return attrs
 
@@ -366,7 +362,7 @@ class Store:
                                f" {name}/... (an object cannot also be a directory)") from exc
             if exc.errno == errno.ENAMETOOLONG:
                 raise BadRequest(f'invalid object name "{name}": too long') from exc
-            raise
+            raise disk_error(exc, f"cannot store {bck.cname}/{name}") from exc
 
     async def put_object(
         self, bck: Bucket, name: str, chunks: AsyncIterator[bytes],
@@ -381,7 +377,10 @@ class Store:
         work = base.with_name(f"{base.name}.{secrets.token_hex(6)}")  # concurrent PUTs
         committed = False
         try:
-            size, digest = await self._receive(work, chunks)
+            try:
+                size, digest = await self._receive(work, chunks)
+            except OSError as exc:
+                raise disk_error(exc, f"cannot store {bck.cname}/{name}") from exc
             if expected_size is not None and size != expected_size:
                 raise BadRequest(f"{bck.cname}/{name}: received {size} of {expected_size}"
                                  " bytes; nothing stored")
