@@ -102,6 +102,21 @@ def test_workers_stop_with_the_node(origin, node2):
     assert wait_gone(workers) == []
 
 
+def test_a_clean_stop_leaves_a_clean_log(origin, node2):
+    """Workers told to stop exit on their own: the node's log shows no warning about them
+    (asyncio used to report each one as an unknown child with exit code 255)."""
+    job = start_slow_job(origin, node2, 4, rate=10_000_000)
+    assert wait_job(node2.client(), job)["finished_cnt"] == 4
+    for _ in range(4):  # each stop is a race the log could lose: run it a few times
+        workers = workers_of(node2.proc.pid)
+        assert len(workers) == 2
+        assert node2.stop() == 0
+        assert wait_gone(workers) == []
+        node2.start()
+    noisy = [line for line in node2.log().splitlines() if " WARNING " in line or " ERROR " in line]
+    assert noisy == []
+
+
 def test_workers_exit_when_the_node_is_killed(origin, node2):
     """A crashed node leaves no process behind to keep writing files under the restarted one."""
     job = start_slow_job(origin, node2, 20, rate=100_000)

@@ -46,6 +46,7 @@ class _Worker:
         self.outbox = Outbox(proc.stdin.write)
         self.calls: dict[int, tuple[asyncio.Future[Any], TaskEvents]] = {}
         self.alive = True
+        self.stopping = False  # asked to exit: it does so on its own
         self.started = time.monotonic()
         self.ready = asyncio.get_running_loop().create_future()  # its sources are open
         self._ids = itertools.count()
@@ -107,7 +108,9 @@ class _Worker:
             self.alive = False
             if not self.ready.done():
                 self.ready.set_result(None)
-            if self.proc.returncode is None:
+            # Not after a stop: kill() polls the process first, which can reap it before
+            # asyncio's child watcher does (it then logs an "unknown child", exit code 255).
+            if self.proc.returncode is None and not self.stopping:
                 with contextlib.suppress(ProcessLookupError):
                     self.proc.kill()
             for fut, _ in self.calls.values():
@@ -135,6 +138,7 @@ class _Worker:
 
     async def stop(self) -> None:
         assert self.proc.stdin is not None
+        self.stopping = True
         self.proc.stdin.close()  # the worker exits when its input ends
         try:
             await asyncio.wait_for(self.proc.wait(), 5)
