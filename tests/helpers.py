@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import socket
+import subprocess
 import time
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
+
+import pytest
 
 from aisdl.client import Client, NodeUnreachable
 
-__all__ = ["free_port", "is_finished", "wait_job"]
+__all__ = ["free_port", "is_finished", "small_tmpfs", "wait_job"]
 
 _UNSET_TIMES = ("", "0", "1970-01-01T00:00:00Z", "0001-01-01T00:00:00Z")
 
@@ -62,3 +69,20 @@ def wait_job(ais_or_client: Any, job_id: str, timeout: float = 30.0,
         if time.monotonic() >= deadline:
             raise AssertionError(f"job {job_id} did not finish in {timeout}s; last status: {last}")
         time.sleep(interval)
+
+
+@contextlib.contextmanager
+def small_tmpfs(path: Path, options: str) -> Iterator[Path]:
+    """A tmpfs mounted at `path` (created) with `options` such as "size=1m": a disk that fills
+    up on cue. Skips the test where mounting is not allowed."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    path.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)],
+                             capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {mounted.stderr.strip()}")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)

@@ -3,8 +3,6 @@ what fits is kept, and the node keeps serving."""
 
 from __future__ import annotations
 
-import os
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -12,22 +10,14 @@ import pytest
 from aisdl.errors import AisdlError
 from aisdl.models import Bucket
 from conftest import Node
-from helpers import free_port, wait_job
+from helpers import free_port, small_tmpfs, wait_job
 from origin import payload
 
 
 @pytest.fixture
 def small_disk(tmp_path: Path):  # noqa: ANN201
-    if os.geteuid() != 0:
-        pytest.skip("mounting a small tmpfs needs root")
-    mnt = tmp_path / "small"
-    mnt.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)],
-                             capture_output=True, text=True)
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a small tmpfs here: {mounted.stderr.strip()}")
-    yield mnt
-    subprocess.run(["umount", "-l", str(mnt)], check=False)
+    with small_tmpfs(tmp_path / "small", "size=1m") as mnt:
+        yield mnt
 
 
 def test_a_put_that_does_not_fit_is_507(tmp_path, small_disk):
@@ -81,16 +71,8 @@ def test_disk_full_fails_files_cleanly(origin, tmp_path, small_disk):
 
 @pytest.fixture
 def few_inodes(tmp_path: Path):  # noqa: ANN201
-    if os.geteuid() != 0:
-        pytest.skip("mounting a small tmpfs needs root")
-    mnt = tmp_path / "few-inodes"
-    mnt.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m,nr_inodes=60", "tmpfs",
-                              str(mnt)], capture_output=True, text=True)
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a small tmpfs here: {mounted.stderr.strip()}")
-    yield mnt
-    subprocess.run(["umount", "-l", str(mnt)], check=False)
+    with small_tmpfs(tmp_path / "few-inodes", "size=8m,nr_inodes=60") as mnt:
+        yield mnt
 
 
 def test_no_room_for_a_directory_at_commit_fails_only_those_files(origin, tmp_path, few_inodes):

@@ -52,20 +52,26 @@ class Database:
         conn.executescript(SCHEMA)
         return conn
 
-    def _in_transaction(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+    def _in_transaction(self, fn: Callable[[sqlite3.Connection], T],
+                        then: Callable[[T], None] | None = None) -> T:
         self.conn.execute("BEGIN IMMEDIATE")
         try:
             result = fn(self.conn)
+            self.conn.execute("COMMIT")  # may fail too (a full disk): then nothing of fn stays
         except BaseException:
-            self.conn.execute("ROLLBACK")
+            if self.conn.in_transaction:  # (some failures have rolled it back already)
+                self.conn.execute("ROLLBACK")
             raise
-        self.conn.execute("COMMIT")
+        if then is not None:
+            then(result)
         return result
 
-    async def run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        """Run `fn(conn)` in one transaction on the database thread."""
+    async def run(self, fn: Callable[[sqlite3.Connection], T],
+                  then: Callable[[T], None] | None = None) -> T:
+        """Run `fn(conn)` in one transaction on the database thread, then `then(result)` on
+        that thread once the transaction has committed (in the order the calls were made)."""
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._pool, self._in_transaction, fn)
+        return await loop.run_in_executor(self._pool, self._in_transaction, fn, then)
 
     def run_sync(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """Same as `run`, for start-up code that has no loop yet."""

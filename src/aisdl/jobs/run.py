@@ -1,15 +1,19 @@
 """One running download job: dispatch items in order to a pool of workers, record outcomes in
 batches (one transaction per batch: object commits, counters, errors and the resume cursor
-together), so a job stopped at any instant resumes with exact counts."""
+together), so a job stopped at any instant resumes with exact counts. A batch the database
+refuses (another program holds its lock, its disk is full) is kept and tried again."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import sqlite3
+import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from aisdl.db import Database
 from aisdl.engine.fetch import FetchRequest, discard
@@ -27,8 +31,11 @@ from aisdl.store.paths import check_object_name
 from aisdl.store.store import Store
 
 log = logging.getLogger("aisdl.jobs")
+T = TypeVar("T")
 FLUSH_EVERY = 0.25   # seconds between batch commits
 FLUSH_AT = 512       # outcomes that force a commit sooner
+BACKLOG = 8 * FLUSH_AT  # outcomes not yet recorded at which the workers wait for the database
+RETRY_MAX = 5.0      # seconds between tries at most, while the database refuses a batch
 LOOKUP_BATCH = 64    # items looked up in the catalog at once before dispatch
 
 # Items for the workers, each with what the catalog has of it; None tells a worker to stop.
@@ -62,6 +69,7 @@ class Outcome:
     cksum: str = ""
     custom: dict[str, str] = field(default_factory=dict)
     end_ns: int = field(default_factory=time.time_ns)
+    placed: bool = False  # the bytes are in place: a batch tried again only records them
 
 
 class JobRun:
@@ -80,7 +88,11 @@ class JobRun:
         self.finished_ns = 0
         self._batch: list[Outcome] = []
         self._recording = 0  # outcomes handed to the database thread, not yet in counters
+        self._counts_lock = threading.Lock()  # counters and _recording change on two threads
         self._flush_now = asyncio.Event()
+        self._flushing = asyncio.Lock()  # one batch at a time: each starts from the last's counts
+        self._room = asyncio.Event()     # set when the backlog has been recorded
+        self._refused: str | None = None  # why the database refused the last record, if it did
         self._throttle = TokenBucket(spec.bytes_per_hour) if spec.bytes_per_hour else None
         self._task: asyncio.Task[None] | None = None
 
@@ -91,8 +103,9 @@ class JobRun:
 
     @property
     def scheduled(self) -> int:
-        c = self.counters
-        return c.finished + c.errors + len(self.current) + len(self._batch) + self._recording
+        with self._counts_lock:
+            c, recording = self.counters, self._recording
+        return c.finished + c.errors + len(self.current) + len(self._batch) + recording
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name=f"job {self.id}")
@@ -189,6 +202,9 @@ class JobRun:
             self._batch.append(outcome)
             if len(self._batch) >= FLUSH_AT:
                 self._flush_now.set()
+            if len(self._batch) >= BACKLOG:  # the database is behind or refusing: hold on
+                self._room.clear()
+                await self._room.wait()
 
     def _work_path(self, item: Item) -> str:
         return self.store.work_file(self.spec.bucket, item.name, self.id, f".{item.index}")
@@ -241,28 +257,74 @@ class JobRun:
             self._flush_now.clear()
             await self._flush()
 
-    async def _flush(self) -> None:
-        if not self._batch:
-            return
-        batch, self._batch = self._batch, []
-        self._recording += len(batch)
-        await asyncio.shield(self.db.run(lambda conn: self._record(conn, batch)))
+    async def _flush(self) -> bool:
+        """Record the outcomes so far. False when the database refused them: they stay queued,
+        in order, for the next try."""
+        async with self._flushing:
+            batch, self._batch = self._batch, []
+            if batch:
+                with self._counts_lock:
+                    self._recording += len(batch)
+                stored = await self._in_db(lambda conn: self._record(conn, batch),
+                                           f"{len(batch)} outcomes",
+                                           then=lambda state: self._recorded(len(batch), state))
+                if not stored:
+                    with self._counts_lock:
+                        self._recording -= len(batch)
+                    self._batch[:0] = batch
+                    return False
+        self._room.set()
+        return True
 
-    def _record(self, conn: sqlite3.Connection, batch: list[Outcome]) -> None:
-        """Runs on the database thread, in one transaction. That thread runs one batch at a
-        time, so the counters it starts from always include every earlier batch."""
+    def _recorded(self, size: int, state: tuple[Counters, Cursor]) -> None:
+        """On the database thread, once a batch has committed: the next batch starts from its
+        counts (that thread runs one at a time, in order, whoever still waits for it)."""
+        with self._counts_lock:
+            (self.counters, self.cursor), self._recording = state, self._recording - size
+
+    async def _in_db(self, fn: Callable[[sqlite3.Connection], T], what: str,
+                     then: Callable[[T], None] | None = None) -> bool:
+        """Run `fn` in one transaction; False when the database refuses it (another program
+        holds its lock, its disk is full), said in the log once per spell of refusals."""
+        try:
+            await asyncio.shield(self.db.run(fn, then))
+        except sqlite3.Error as err:
+            if self._refused is None:
+                log.error("job %s: cannot record %s (%s); trying again", self.id, what, err)
+            self._refused = str(err)
+            return False
+        if self._refused is not None:
+            log.info("job %s: recording again", self.id)
+            self._refused = None
+        return True
+
+    async def _patiently(self, attempt: Callable[[], Awaitable[bool]]) -> None:
+        """Try until `attempt` succeeds, backing off while the database refuses."""
+        delay = FLUSH_EVERY
+        while not await attempt():
+            await asyncio.sleep(delay)
+            delay = min(2 * delay, RETRY_MAX)
+
+    def _record(self, conn: sqlite3.Connection, batch: list[Outcome]) -> tuple[Counters, Cursor]:
+        """Runs on the database thread, in one transaction: the job's counts and cursor with
+        the batch, to take effect once that transaction has committed."""
         counters = Counters(**vars(self.counters))
         cursor = Cursor(self.cursor.low, set(self.cursor.above))
         errors, tasks = [], []
-        view = CatalogView(conn, self.spec.bucket, [o.item.name for o in batch if o.work])
+        bck = self.spec.bucket
+        view = CatalogView(conn, bck, [o.item.name for o in batch if o.work])
         for o in batch:
             if o.work is not None:
                 try:
-                    self.store.commit_in_txn(conn, self.spec.bucket, o.item.name, o.work, o.size,
-                                             o.cksum, o.custom, o.task.start_ns, view)
+                    if not o.placed:
+                        self.store.place(bck, o.item.name, o.work, view)
+                        o.placed = True
+                    self.store.record_in_txn(conn, bck, o.item.name, o.size, o.cksum, o.custom,
+                                             o.task.start_ns, view)
                 except AisdlError as err:
-                    discard(o.work)
-                    o.error = err.message
+                    with contextlib.suppress(OSError):  # else it goes with the job's work dir
+                        discard(o.work)
+                    o.work, o.error = None, err.message  # final, also if the batch is tried again
             if o.error:
                 counters.errors += 1
                 errors.append((o.item.name, o.error))
@@ -274,13 +336,13 @@ class JobRun:
             tasks.append(TaskInfo(o.item.name, o.task.downloaded, o.task.total,
                                   o.task.start_ns, o.end_ns))
         records.save_progress(conn, self.id, counters, cursor, errors, tasks)
-        self.counters, self.cursor = counters, cursor
-        self._recording -= len(batch)
+        return counters, cursor
 
     async def _finish(self) -> None:
-        await self._flush()
+        await self._patiently(self._flush)
         finished, aborted, dispatched = time.time_ns(), self.aborted, self.all_dispatched
-        await asyncio.shield(self.db.run(
-            lambda conn: records.mark_finished(conn, self.id, finished, aborted, dispatched)))
+        await self._patiently(lambda: self._in_db(
+            lambda conn: records.mark_finished(conn, self.id, finished, aborted, dispatched),
+            "the end of the job"))
         self.finished_ns = finished  # only now: status reads finished jobs from the database
         await asyncio.get_running_loop().run_in_executor(None, self.store.drop_work, self.id)

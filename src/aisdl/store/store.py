@@ -317,16 +317,26 @@ class Store:
         """Rename the object's work file into place and record it, inside the caller's
         transaction (on the database thread). On error the work file stays for the caller.
         `view`: the catalog as read for the caller's batch of names, this one among them."""
-        props = self.require_bucket(bck)
         view = view or CatalogView(conn, bck, [name])
-        previous = view.version(name)
-        if previous is None:
+        self.place(bck, name, work, view)
+        return self.record_in_txn(conn, bck, name, size, cksum, custom, atime_ns, view)
+
+    def place(self, bck: Bucket, name: str, work: str | Path, view: CatalogView) -> None:
+        """Rename a work file into place, unless the name clashes with objects the catalog has.
+        Bytes first, row second: when the disk refuses the name (a clash, too long, no room for
+        its directory) the catalog stays as it was, old object and all. Both land in the
+        caller's transaction, so a crash before it commits leaves the same state either way."""
+        self.require_bucket(bck)
+        if view.version(name) is None:
             view.check_no_dir_clash(name)
-        # Bytes first, row second: when the disk refuses the name (a clash, too long, no room
-        # for its directory) the catalog stays as it was, old object and all. Both land in the
-        # caller's transaction, so a crash before it commits leaves the same state either way.
         self._place(bck, name, work)
-        attrs = ObjectAttrs(name=name, size=size, version=_next_version(previous, props),
+
+    def record_in_txn(self, conn: sqlite3.Connection, bck: Bucket, name: str, size: int,
+                      cksum: str, custom: dict[str, str], atime_ns: int,
+                      view: CatalogView) -> ObjectAttrs:
+        """The catalog row of an object just placed: its next version and attributes."""
+        props = self.require_bucket(bck)
+        attrs = ObjectAttrs(name=name, size=size, version=_next_version(view.version(name), props),
                             cksum_type="xxhash2", cksum=cksum, atime_ns=atime_ns,
                             custom=dict(custom))
         self._upsert(conn, bck, attrs)
