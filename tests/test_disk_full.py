@@ -20,11 +20,17 @@ def small_disk(tmp_path: Path):  # noqa: ANN201
         yield mnt
 
 
+def node_on(disk: Path, tmp_path: Path) -> Node:
+    """A running node that keeps its objects on `disk`; a file that fails is not retried."""
+    node = Node(free_port(), tmp_path / "home", tmp_path / "node.log",
+                extra_args=("--mountpath", str(disk), "--retry-attempts", "1"))
+    node.start()
+    return node
+
+
 def test_a_put_that_does_not_fit_is_507(tmp_path, small_disk):
     """507 Insufficient Storage, with the disk's words; nothing of the upload stays behind."""
-    node = Node(free_port(), tmp_path / "home", tmp_path / "node.log",
-                extra_args=("--mountpath", str(small_disk)))
-    node.start()
+    node = node_on(small_disk, tmp_path)
     try:
         c = node.client()
         b = Bucket("ais", "b")
@@ -44,9 +50,7 @@ def test_disk_full_fails_files_cleanly(origin, tmp_path, small_disk):
     for i in range(3):
         origin.add(f"/big{i}", payload(str(i), 600_000))
     origin.add("/tiny", payload("t", 1000))
-    node = Node(free_port(), tmp_path / "home", tmp_path / "node.log",
-                extra_args=("--mountpath", str(small_disk), "--retry-attempts", "1"))
-    node.start()
+    node = node_on(small_disk, tmp_path)
     try:
         c = node.client()
         job = c.start_download({"type": "multi", "bucket": {"name": "b"},
@@ -82,9 +86,7 @@ def test_no_room_for_a_directory_at_commit_fails_only_those_files(origin, tmp_pa
     names = [f"d{i:02d}/f" for i in range(40)]
     for name in names:
         origin.add(f"/{name}", payload(name, 1000))
-    node = Node(free_port(), tmp_path / "home", tmp_path / "node.log",
-                extra_args=("--mountpath", str(few_inodes), "--retry-attempts", "1"))
-    node.start()
+    node = node_on(few_inodes, tmp_path)
     try:
         c = node.client()
         job = c.start_download({"type": "multi", "bucket": {"name": "b"},
