@@ -10,6 +10,9 @@ import sqlite3
 import time
 from pathlib import Path
 
+import pytest
+
+from aisdl.errors import AisdlError
 from aisdl.models import Bucket
 from conftest import Node
 from helpers import free_port, small_tmpfs, wait_job
@@ -81,3 +84,26 @@ def test_the_database_disk_fills_up(origin, tmp_path: Path) -> None:
             assert "(database or disk is full); trying again" in node.log()
         finally:
             node.stop()
+
+
+def test_a_request_that_cannot_write_is_told_to_come_back(tmp_path: Path) -> None:
+    """503 with the database's own words, not a 500 that says "see the node log"; the same
+    request succeeds once the lock is gone."""
+    node = Node(free_port(), tmp_path / "home", tmp_path / "node.log")
+    node.start()
+    try:
+        c = node.client()
+        b = Bucket("ais", "b")
+        c.create_bucket(b)
+        other = sqlite3.connect(node.home / "aisdl.db", isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")
+        with pytest.raises(AisdlError, match=r"database refused the write \(database is locked"
+                           r"\); try again later") as err:
+            c.put_object(b, "o", b"data")
+        assert err.value.status == 503
+        other.execute("ROLLBACK")
+        other.close()
+        c.put_object(b, "o", b"data")
+        assert c.get_object(b, "o").content == b"data"
+    finally:
+        node.stop()

@@ -10,7 +10,13 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
 
+from aisdl.errors import DatabaseRefused
+
 T = TypeVar("T")
+# What makes the database refuse a write for a while: a lock held elsewhere (past sqlite3's 5 s
+# wait), a full disk, an I/O error or a read-only remount of the disk under it.
+_REFUSALS = {sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED, sqlite3.SQLITE_FULL,
+             sqlite3.SQLITE_IOERR, sqlite3.SQLITE_READONLY}
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS buckets (
@@ -54,13 +60,20 @@ class Database:
 
     def _in_transaction(self, fn: Callable[[sqlite3.Connection], T],
                         then: Callable[[T], None] | None = None) -> T:
-        self.conn.execute("BEGIN IMMEDIATE")
         try:
-            result = fn(self.conn)
-            self.conn.execute("COMMIT")  # may fail too (a full disk): then nothing of fn stays
-        except BaseException:
-            if self.conn.in_transaction:  # (some failures have rolled it back already)
-                self.conn.execute("ROLLBACK")
+            self.conn.execute("BEGIN IMMEDIATE")
+            try:
+                result = fn(self.conn)
+                self.conn.execute("COMMIT")  # may fail too (a full disk): nothing of fn stays
+            except BaseException:
+                if self.conn.in_transaction:  # (some failures have rolled it back already)
+                    self.conn.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as exc:
+            code = getattr(exc, "sqlite_errorcode", 0) & 0xFF  # the primary result code
+            if code in _REFUSALS:
+                raise DatabaseRefused(f"the node's database refused the write ({exc});"
+                                      " try again later", full=code == sqlite3.SQLITE_FULL) from exc
             raise
         if then is not None:
             then(result)

@@ -5,6 +5,7 @@
     ├── NotFound (404)         also a FileNotFoundError: bucket, object, job
     ├── Conflict (409)         bucket exists; name collides with a directory
     ├── InsufficientStorage (507)
+    ├── DatabaseRefused (503, 507 when its disk is full)   worth trying again later
     └── SourceError            a fetch from a source failed (not an API error)
         ├── transient=True     worth retrying (connection errors, 5xx, 429, timeouts)
         └── transient=False    terminal (404, 403, other 4xx, blocked egress)
@@ -43,6 +44,15 @@ class Conflict(AisdlError):
 
 class InsufficientStorage(AisdlError):
     status = 507
+
+
+class DatabaseRefused(AisdlError):
+    """The node's database cannot take a write now: another program holds its lock, or the
+    disk under it is full."""
+
+    def __init__(self, message: str, *, full: bool) -> None:
+        super().__init__(message)
+        self.status = 507 if full else 503
 
 
 def disk_error(exc: OSError, doing: str) -> AisdlError:

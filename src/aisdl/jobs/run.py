@@ -19,7 +19,7 @@ from aisdl.db import Database
 from aisdl.engine.fetch import FetchRequest, discard
 from aisdl.engine.limits import TokenBucket
 from aisdl.engine.pool import FetchPool
-from aisdl.errors import AisdlError, SourceError
+from aisdl.errors import AisdlError, DatabaseRefused, SourceError
 from aisdl.jobs import records
 from aisdl.jobs.listing import backend_items, source_link
 from aisdl.jobs.records import Counters, Cursor, TaskInfo
@@ -288,10 +288,11 @@ class JobRun:
         holds its lock, its disk is full), said in the log once per spell of refusals."""
         try:
             await asyncio.shield(self.db.run(fn, then))
-        except sqlite3.Error as err:
+        except DatabaseRefused as err:
             if self._refused is None:
-                log.error("job %s: cannot record %s (%s); trying again", self.id, what, err)
-            self._refused = str(err)
+                log.error("job %s: cannot record %s (%s); trying again", self.id, what,
+                          err.__cause__ or err.message)
+            self._refused = err.message
             return False
         if self._refused is not None:
             log.info("job %s: recording again", self.id)
