@@ -92,7 +92,7 @@ class JobRun:
         self._flush_now = asyncio.Event()
         self._flushing = asyncio.Lock()  # one batch at a time: each starts from the last's counts
         self._room = asyncio.Event()     # set when the backlog has been recorded
-        self._refused: str | None = None  # why the database refused the last record, if it did
+        self._refused = False  # the database refused the last record: said once in the log
         self._throttle = TokenBucket(spec.bytes_per_hour) if spec.bytes_per_hour else None
         self._task: asyncio.Task[None] | None = None
 
@@ -289,14 +289,14 @@ class JobRun:
         try:
             await asyncio.shield(self.db.run(fn, then))
         except DatabaseRefused as err:
-            if self._refused is None:
+            if not self._refused:
                 log.error("job %s: cannot record %s (%s); trying again", self.id, what,
                           err.__cause__ or err.message)
-            self._refused = err.message
+            self._refused = True
             return False
-        if self._refused is not None:
+        if self._refused:
             log.info("job %s: recording again", self.id)
-            self._refused = None
+            self._refused = False
         return True
 
     async def _patiently(self, attempt: Callable[[], Awaitable[bool]]) -> None:
