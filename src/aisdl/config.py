@@ -40,7 +40,13 @@ class NodeConfig:
     allow_private_egress: bool = False
     max_connections: int = 64        # node-wide concurrent source connections
     max_per_host: int = 0            # 0 = no per-host cap below max_connections
-    default_timeout: float = 3600.0  # per-request timeout when a job gives none
+    # Every transfer, whatever its job asks: no byte for `stall_timeout` seconds cuts it (it is
+    # retried from its byte); slower than `min_rate` bytes/s over `rate_window` seconds ends it;
+    # a body beyond `max_object_size` bytes ends it (0: no limit).
+    stall_timeout: float = 60.0
+    min_rate: int = 1024
+    rate_window: float = 60.0
+    max_object_size: int = 5 << 40
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     cloud: CloudSettings = field(default_factory=CloudSettings)
     event_loop: str = "asyncio"      # or "uvloop"
