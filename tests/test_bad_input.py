@@ -1,4 +1,4 @@
-"""Bad input: one clear line on stderr, exit code 1, nothing created, running jobs undisturbed."""
+"""Bad input: one clear line on stderr, exit code 2, nothing created, running jobs undisturbed."""
 
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ CASES = [
 @pytest.mark.parametrize(("args", "message"), CASES, ids=[" ".join(a) for a, _ in CASES])
 def test_bad_input_is_one_clear_line(ais, args, message):
     r = ais(*args, check=False)
-    assert r.returncode == 1, r.output
+    assert r.returncode == 2, r.output
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("Error: ") and message in lines[0], r.stderr
     assert "Traceback" not in r.output
@@ -46,7 +46,7 @@ def test_bad_input_is_one_clear_line(ais, args, message):
 def test_shell_expanded_template_hints_at_quotes(ais):
     r = ais("start", "download", "gs://b/t-000000.tgz", "gs://b/t-000001.tgz", "ais://b",
             check=False)
-    assert r.returncode == 1
+    assert r.returncode == 2
     assert "too many arguments - expected 2, got 3." in r.stderr
     assert 'enclose source in quotation marks' in r.stderr
 
@@ -60,7 +60,7 @@ def test_bad_object_list_file(ais, tmp_path, content, reason):
     path = tmp_path / "list.json"
     path.write_text(content)
     r = ais("start", "download", "http://h", "ais://b", "--object-list", str(path), check=False)
-    assert r.returncode == 1 and reason in r.stderr and str(path) in r.stderr
+    assert r.returncode == 2 and reason in r.stderr and str(path) in r.stderr
 
 
 def test_bad_input_leaves_running_jobs_alone(origin, ais):
@@ -70,7 +70,7 @@ def test_bad_input_leaves_running_jobs_alone(origin, ais):
     job = ais("start", "download", origin.url_for("/s/") + "f{0..2}", "ais://b/").stdout.split()[0]
     time.sleep(0.2)
     for args, _ in CASES[2:10]:
-        assert ais(*args, check=False).returncode == 1
+        assert ais(*args, check=False).returncode == 2
     st = wait_job(ais, job)
     assert (st["finished_cnt"], st["error_cnt"], st["aborted"]) == (3, 0, False)
 

@@ -13,16 +13,16 @@ def test_create_as_in_the_users_document(ais: Ais) -> None:
     assert ais("create", "ubuntu").stdout == '"ubuntu" bucket created\n'
     assert ais("create", "ais://local-lpr").stdout == '"ais://local-lpr" bucket created\n'
     again = ais("create", "ubuntu", check=False)
-    assert again.returncode == 1
+    assert again.returncode == 2
     assert 'bucket "ais://ubuntu" already exists' in again.stderr
     assert "Traceback" not in again.stderr
     assert ais("bucket", "create", "b3").returncode == 0
     assert ais("ls").stdout.splitlines() == ["NAME", "ais://b3", "ais://local-lpr",
                                              "ais://ubuntu"]
-    assert ais("create", "bad/name", check=False).returncode != 0
+    assert ais("create", "bad/name", check=False).returncode == 2
     assert ais("bucket", "rm", "ais://b3").stdout == '"ais://b3" bucket destroyed\n'
     missing = ais("bucket", "rm", "ais://b3", check=False)
-    assert missing.returncode == 1 and 'bucket "ais://b3" does not exist' in missing.stderr
+    assert missing.returncode == 2 and 'bucket "ais://b3" does not exist' in missing.stderr
 
 
 def test_put_ls_get(ais: Ais, tmp_path: Path) -> None:
@@ -47,7 +47,7 @@ def test_put_ls_get(ais: Ais, tmp_path: Path) -> None:
     out = ais("get", "ais://data/file.bin", "-", input=b"")
     assert out.stdout == src.read_text()
     missing = ais("get", "ais://data/nope", tmp_path / "nope", check=False)
-    assert missing.returncode == 1 and "ais://data/nope does not exist" in missing.stderr
+    assert missing.returncode == 2 and "ais://data/nope does not exist" in missing.stderr
     assert not (tmp_path / "nope").exists()
 
 

@@ -120,7 +120,7 @@ def test_whole_bucket_needs_a_backend(gcs_server, cais):
     gcs_server.put(src, "a", b"a")
     cais("create", "plain")
     r = cais("start", "download", f"gs://{src}", "ais://plain", check=False)
-    assert r.returncode == 1
+    assert r.returncode == 2
     assert "only possible into a bucket whose backend is that bucket" in r.stderr
     assert f"backend_bck=gs://{src}" in r.stderr or f"backend_bck=gcp://{src}" in r.stderr
     single = cais("start", "download", f"gs://{src}/a", "ais://plain/a")
@@ -164,7 +164,7 @@ def test_matrix_every_job_type(request, scheme, cais, tmp_path):
 
 def test_missing_source_bucket_and_unreachable_endpoint(cais, tmp_path):
     r = cais("ls", "gcp://no-such-bucket-here", check=False)
-    assert r.returncode == 1 and 'does not exist' in r.stderr
+    assert r.returncode == 2 and 'does not exist' in r.stderr
     job = _job(cais("start", "download", "s3://no-such-bucket-here/x", "ais://b/x"))
     st = wait_job(cais, job)
     assert st["error_cnt"] == 1 and "does not exist" in st["download_errors"][0]["error"]
@@ -190,9 +190,9 @@ def test_bucket_props_set_as_in_the_users_document(gcs_server, cais: Ais) -> Non
     assert props["versioning"]["enabled"] is False and props["backend_bck"]["name"] == ""
     bad = ais("bucket", "props", "set", "ais://lpr-vision-copy", "backend_bck=ais://y",
               check=False)
-    assert bad.returncode == 1 and 'Backend bucket "ais://y" must be remote' in bad.stderr
+    assert bad.returncode == 2 and 'Backend bucket "ais://y" must be remote' in bad.stderr
     bad = ais("bucket", "props", "set", "ais://lpr-vision-copy", "nope.x=1", check=False)
-    assert bad.returncode == 1 and "unknown bucket property" in bad.stderr
+    assert bad.returncode == 2 and "unknown bucket property" in bad.stderr
 
 
 def test_upstream_sync_scenarios(s3_server, cloud_node):
@@ -254,7 +254,7 @@ def test_a_missing_cloud_destination_is_refused_before_any_job(origin, s3_server
     origin.add("/model.bin", payload("model", 5000))
     r = cais("start", "download", origin.url_for("/model.bin"),
              "s3://no-such-bucket-here/model.bin", check=False)
-    assert r.returncode == 1
+    assert r.returncode == 2
     assert r.stderr.strip() == 'Error: aws bucket "s3://no-such-bucket-here" does not exist'
     assert "Warning" not in r.stderr  # nothing claims the bucket will be created
     assert cais("show", "job", "download", "--json").stdout.strip() in ("[]", "")

@@ -39,7 +39,7 @@ def test_no_node_at_a_remote_endpoint_is_a_clear_error(tmp_path):
     env = {**os.environ, "AIS_ENDPOINT": "http://192.0.2.1:1", "HOME": str(tmp_path)}
     r = subprocess.run([sys.executable, "-m", "aisdl", "ls"], env=env, text=True,
                        capture_output=True, timeout=60)
-    assert r.returncode == 1
+    assert r.returncode == 2
     assert r.stderr.strip() == ("Error: no node answers at http://192.0.2.1:1"
                                 " (is AIS_ENDPOINT right?)")
 

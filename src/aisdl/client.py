@@ -7,6 +7,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import re
 import select
 from collections.abc import Iterator
 from typing import Any, BinaryIO
@@ -18,6 +19,9 @@ from aisdl.models import Bucket
 __all__ = ["Client", "NodeUnreachable", "Response"]
 BODY_BLOCK = 1 << 20  # bytes of a file body sent at once (http.client's default is 8 KiB)
 _CLIENT_TIMEOUT: Any = object()
+# AIS names the node that answers at the head of some messages (`t[Xq5...]: ais://b/o does not
+# exist`); the error JSON carries it as `node` too. A user has no use for the id.
+_NODE_PREFIX = re.compile(r"^(?:[tp]\[[^\]\s]*\]:\s*)+")
 
 
 class NodeUnreachable(AisdlError):
@@ -66,6 +70,7 @@ def _raise_for(resp: Response) -> None:
         message = json.loads(text)["message"]
     except (ValueError, KeyError, TypeError):
         message = text.strip() or f"{resp.status_code} {resp.reason}"
+    message = _NODE_PREFIX.sub("", str(message))
     kind = {400: BadRequest, 404: NotFound, 409: Conflict}.get(resp.status_code, AisdlError)
     err = kind(message)
     err.status = resp.status_code

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import posixpath
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import click
@@ -28,8 +30,26 @@ RANGE_HINT = ('For range download, enclose source in quotation marks, e.g.:'
               ' "gs://imagenet/train-{00..99}.tgz"')
 
 
-class JobFailed(AisdlError):
-    """A waited-for job ended with errors or was aborted (exit code 1, message already shown)."""
+class JobFailed(Exception):
+    """The job waited for or shown ended with errors or was aborted: exit code 1, its summary
+    already shown. Not an AisdlError: the command itself did what it was asked."""
+
+
+class WatchInterrupted(Exception):
+    """Ctrl-C while watching a job: the watching stops, the job goes on (exit code 130)."""
+
+    def __init__(self, job_id: str) -> None:
+        super().__init__(job_id)
+        self.job_id = job_id
+
+
+@contextmanager
+def _watching(job_id: str) -> Iterator[None]:
+    """Ctrl-C stops only the watching; the job runs in the node, so say how to stop that."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        raise WatchInterrupted(job_id) from None
 
 
 def _kind_and_id(args: tuple[str, ...], command: str, required: bool = True) -> str | None:
@@ -153,7 +173,8 @@ def start_download(obj: CliContext, args: tuple[str, ...], description: str,
 def _show_progress(client: Client, job_id: str, refresh: float) -> dict[str, Any]:
     from aisdl.cli.progress import show_progress  # rich loads only when bars are drawn
 
-    return show_progress(client, job_id, refresh)
+    with _watching(job_id):
+        return show_progress(client, job_id, refresh)
 
 
 def _finish(st: dict[str, Any], bars: bool) -> None:
@@ -166,20 +187,20 @@ def _finish(st: dict[str, Any], bars: bool) -> None:
     else:
         click.echo(jobview.summary_line(st))
         click.echo(f"To see detailed info run `ais show job download {st['id']} -v`")
-    raise JobFailed("download job finished with errors" if not st["aborted"]
-                    else "download job was aborted")
+    raise JobFailed()
 
 
 def _wait_for(client: Client, job_id: str, refresh: float, timeout: float | None) -> dict[str, Any]:
     deadline = None if not timeout else time.monotonic() + timeout
-    while True:
-        st = client.download_status(job_id, only_active=True)
-        if jobview.is_finished(st):
-            return client.download_status(job_id)
-        if deadline is not None and time.monotonic() >= deadline:
-            raise AisdlError(f"timed out waiting for download job {job_id}")
-        left = refresh if deadline is None else deadline - time.monotonic()
-        time.sleep(max(0.0, min(refresh, left)))
+    with _watching(job_id):
+        while True:
+            st = client.download_status(job_id, only_active=True)
+            if jobview.is_finished(st):
+                return client.download_status(job_id)
+            if deadline is not None and time.monotonic() >= deadline:
+                raise AisdlError(f"timed out waiting for download job {job_id}")
+            left = refresh if deadline is None else deadline - time.monotonic()
+            time.sleep(max(0.0, min(refresh, left)))
 
 
 # -- show ---------------------------------------------------------------------------------------
@@ -199,7 +220,8 @@ def show_job(obj: CliContext, args: tuple[str, ...], regex: str, progress: bool,
              refresh: float, verbose: bool, show_all: bool, as_json: bool,
              no_headers: bool) -> None:
     """Show download jobs, or the status of one: `ais show job download [JOB_ID]`. With
-    --refresh (and no --progress) the report repeats until the jobs finish (Ctrl-C stops)."""
+    --refresh (and no --progress) the report repeats until the jobs finish (Ctrl-C stops).
+    One job's exit code is that of `ais wait`: 1 when it ended with errors or was aborted."""
     job_id = _kind_and_id(args, "show job", required=False)
     client = obj.client
     if progress and job_id is not None:
@@ -207,21 +229,25 @@ def show_job(obj: CliContext, args: tuple[str, ...], regex: str, progress: bool,
         return
     repeat = click.get_current_context().get_parameter_source("refresh") \
         == click.core.ParameterSource.COMMANDLINE
-    while True:
-        if job_id is None:
-            running = _list_jobs(client, regex, as_json, no_headers)
-        else:
+    if job_id is None:
+        while _list_jobs(client, regex, as_json, no_headers) and repeat:
+            time.sleep(refresh)
+            click.echo()
+        return
+    with _watching(job_id):
+        while True:
             st = client.download_status(job_id)
-            running = not jobview.is_finished(st)
             if as_json:
                 click.echo(json.dumps(st, indent=4))
             else:
                 for line in jobview.status_lines(st, verbose):
                     click.echo(line)
-        if not (repeat and running):
-            return
-        time.sleep(refresh)
-        click.echo()
+            if jobview.is_finished(st) or not repeat:
+                break
+            time.sleep(refresh)
+            click.echo()
+    if jobview.is_finished(st) and (st["aborted"] or st["error_cnt"]):
+        raise JobFailed()
 
 
 def _list_jobs(client: Client, regex: str, as_json: bool, no_headers: bool) -> bool:
@@ -261,7 +287,7 @@ def wait_download(obj: CliContext, args: tuple[str, ...], refresh: float, progre
         return
     st = _wait_for(client, job_id, refresh, timeout)
     if st["aborted"] or st["error_cnt"]:
-        _finish(st, bars=False)
+        _finish(st, bars=False)  # exit code 1 with the summary; none when all went well
 
 
 @click.command("stop")

@@ -1,5 +1,9 @@
-"""Progress bars for a running job: one total bar and one bar per file in flight, redrawn from
-each polled status (the node does the accounting; this only renders)."""
+"""Progress bars for a running job: one bar of files and one bar per file in flight, redrawn
+from each polled status (the node does the accounting; this only renders).
+
+The bar of files fills with the files that are in the bucket: downloaded, or skipped as
+unchanged (counted as downloaded, as in `Done: 3 files downloaded, skipped: 1`). Failed files
+are counted beside it, never in it: a job with errors ends short of 100%."""
 
 from __future__ import annotations
 
@@ -20,7 +24,7 @@ from rich.progress import (
 )
 from rich.text import Text
 
-from aisdl.cli.jobview import display_total, done_count, is_finished
+from aisdl.cli.jobview import display_total, is_finished
 from aisdl.client import Client
 from aisdl.units import iec
 
@@ -34,6 +38,18 @@ class AmountColumn(ProgressColumn):
         if task.fields.get("kind") == "count":
             return Text(f"{int(task.completed)}/{int(task.total or 0)}")
         return self._bytes.render(task)
+
+
+class CountsColumn(ProgressColumn):
+    """`skipped: 3, failed: 2` on the files bar; failures stand out."""
+
+    def render(self, task: Task) -> Text:
+        if task.fields.get("kind") != "count":
+            return Text("")
+        failed = int(task.fields["failed"])
+        text = Text(f"skipped: {task.fields['skipped']}, ")
+        text.append(f"failed: {failed}", style="bold red" if failed else "")
+        return text
 
 
 class FileOnly(ProgressColumn):
@@ -62,6 +78,7 @@ def _bars(console: Console) -> Progress:
     return Progress(
         TextColumn("{task.description}"), AmountColumn(), BarColumn(bar_width=None),
         TaskProgressColumn(), FileOnly(TimeRemainingColumn()), FileOnly(SpeedColumn()),
+        CountsColumn(),
         console=console, expand=True,
     )
 
@@ -78,9 +95,12 @@ class JobBars:
         total = display_total(st)
         if total > 1:
             label = "Files downloaded:" if int(st["total"]) > 0 else "Files downloaded (estimated):"
+            skipped, failed = int(st["skipped_cnt"]), int(st["error_cnt"])
             if self.total_bar is None:
-                self.total_bar = self.progress.add_task(label, total=total, kind="count")
-            self.progress.update(self.total_bar, completed=done_count(st), total=total)
+                self.total_bar = self.progress.add_task(label, total=total, kind="count",
+                                                        skipped=skipped, failed=failed)
+            self.progress.update(self.total_bar, completed=int(st["finished_cnt"]), total=total,
+                                 skipped=skipped, failed=failed)
         current = {t["name"]: t for t in st.get("current_tasks") or []}
         for name in list(self.files):
             if name not in current:
