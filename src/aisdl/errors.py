@@ -11,7 +11,7 @@
         └── transient=False    terminal (404, 403, other 4xx, blocked egress)
 
 The API turns AisdlError into AIS error JSON with its status; the CLI prints the message and
-exits 1. SourceError never leaves the engine: it becomes a per-file error of a job.
+exits 2. SourceError never leaves the engine: it becomes a per-file error of a job.
 """
 
 from __future__ import annotations
