@@ -138,7 +138,7 @@ def test_ctrl_c_while_watching_leaves_the_job_running_and_says_so(origin, ais, h
     try:
         if how.startswith("start"):
             job = proc.stdout.readline().strip()  # the id comes first, then the watching
-        time.sleep(2.0)  # well into the watch loop
+        time.sleep(3.0)  # well into the watch loop
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=20)
     finally:
