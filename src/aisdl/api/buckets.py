@@ -16,9 +16,10 @@ from aiohttp import web
 
 from aisdl.api.keys import NODE_ID, STORE
 from aisdl.api.remote import known_bucket, list_remote
-from aisdl.errors import BadRequest
+from aisdl.errors import BadRequest, TooLarge, parse_json
 from aisdl.models import Bucket, ObjectAttrs, normalize_provider
 
+MAX_ACTION_BODY = 1 << 20
 MAX_PAGE_SIZE = 10000  # AIS's page size for ais buckets, also the default
 FLAG_CACHED, FLAG_NAME_ONLY, FLAG_NAME_SIZE, FLAG_NOT_CACHED = 1, 1 << 4, 1 << 5, 1 << 9
 ENTRY_PRESENT = 64  # entry flag: a copy is stored here (SDK `is_cached()`)
@@ -46,11 +47,15 @@ def request_bucket(request: web.Request) -> Bucket:
 
 
 async def read_action(request: web.Request) -> dict[str, Any] | None:
-    """The action message `{"action", "name", "value"}` of a request, None when it has no body."""
+    """The action message `{"action", "name", "value"}` of a request, None when it has no body.
+    It is parsed on the event loop, so it is bounded well below the node's body limit."""
     body = await request.read()
+    if len(body) > MAX_ACTION_BODY:
+        raise TooLarge(f"request body is too large for {request.method} {request.path}:"
+                       f" {len(body)} bytes (an action message holds at most {MAX_ACTION_BODY})")
     if not body.strip():
         return None
-    msg = json.loads(body)
+    msg = parse_json(body, "request body")
     if not isinstance(msg, dict):
         raise BadRequest("request body must be a JSON object (an action message)")
     return msg
