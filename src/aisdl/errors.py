@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import errno
 import json
+import re
 from typing import Any
 
 
@@ -69,20 +70,32 @@ def disk_error(exc: OSError, doing: str) -> AisdlError:
     return (InsufficientStorage if out_of_room else AisdlError)(f"{doing}: {exc.strerror or exc}")
 
 
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+
+
 def parse_json(raw: bytes, what: str) -> Any:
     """A JSON request body, or BadRequest naming `what`: invalid UTF-8, a syntax error, `NaN` or
-    `Infinity` (not JSON), an integer too long to read, or nesting too deep to parse (the parser
-    recurses: 100,000 `[`s would otherwise surface as a RecursionError, a 500)."""
+    `Infinity` (not JSON), an integer too long to read, nesting too deep to parse (the parser
+    recurses: 100,000 `[`s would otherwise surface as a RecursionError, a 500), or a lone
+    surrogate (`"\\ud800"`: text that no file name, database, URL or header can hold)."""
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise BadRequest(f"{what} is not valid UTF-8 (byte {exc.start}: {exc.reason})") from None
     try:
-        return json.loads(text, parse_constant=_not_json)
+        body = json.loads(text, parse_constant=_not_json)
     except RecursionError:
         raise BadRequest(f"{what} is nested too deeply") from None
     except ValueError as exc:  # JSONDecodeError, and int() of a number over 4,300 digits
         raise BadRequest(f"invalid JSON in {what}: {exc}") from None
+    if _SURROGATE_ESCAPE.search(text):  # only an escape makes one: UTF-8 cannot encode them
+        try:
+            json.dumps(body, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise BadRequest(f"{what} is not valid Unicode: it holds a lone surrogate"
+                             f" ({exc.object[exc.start]!r}, an unpaired \\ud800-\\udfff"
+                             " escape)") from None
+    return body
 
 
 def _not_json(name: str) -> Any:

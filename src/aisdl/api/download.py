@@ -46,12 +46,6 @@ async def _admin_body(request: web.Request) -> dict[str, Any]:
                              f" of: {', '.join(ADMIN_FIELDS)})")
         if value is not None and not isinstance(value, kind):
             raise BadRequest(f"'{key}' must be a {'string' if kind is str else 'boolean'}")
-        if isinstance(value, str) and not value.isascii():
-            try:
-                value.encode("utf-8")
-            except UnicodeEncodeError:
-                raise BadRequest(f"'{key}' is not valid Unicode: it holds a lone surrogate"
-                                 " (an unpaired \\ud800-\\udfff escape)") from None
     if body.get("id") and body.get("regex"):
         raise BadRequest(f'regex "{body["regex"]}" and job ID "{body["id"]}" cannot be defined'
                          " together (choose one or the other)")
