@@ -17,6 +17,8 @@ import requests
 from aisdl.errors import BadRequest
 from aisdl.jobs.request import (
     MAX_DESCRIPTION,
+    MAX_HEADER_BYTES,
+    MAX_LINK,
     MAX_OBJECTS,
     MAX_REGEX,
     check_regex,
@@ -75,6 +77,8 @@ WRONG_TYPES = [
     (single(limits={"connections": "5"}), "'limit.connections'"),
     (single(limits={"connections": 1.5}), "'limit.connections'"),
     (single(limits={"connections": True}), "'limit.connections'"),
+    (single(limits={"connections": ""}), "'limit.connections'"),
+    (single(limits={"bytes_per_hour": False}), "'limit.bytes_per_hour'"),
     (single(bucket=["b"]), "'bucket'"),
     (single(bucket={"name": ["b"]}), "'bucket.name'"),
     (single(bucket={"name": "b", "provider": 1}), "'bucket.provider'"),
@@ -213,11 +217,22 @@ def test_user_descriptions_are_bounded() -> None:
 
 def test_auto_descriptions_are_truncated() -> None:
     """A 1 MB link made a 1 MB description that every job list then matched its regex on."""
-    long_link = "http://h/" + "a" * 1_000_000
+    long_link = "http://h/" + "a" * (MAX_LINK - 100)
     for body in (single(link=long_link),
                  {"type": "range", "bucket": {"name": "b"}, "template": long_link + "{1..2}"}):
         description = parse(body).description
         assert len(description) <= MAX_DESCRIPTION and description.startswith("http://h/aaa")
+
+
+def test_links_templates_and_headers_are_bounded() -> None:
+    long_link = "http://h/" + "a" * MAX_LINK
+    assert f"at most {MAX_LINK}" in refused(single(link=long_link))
+    assert f"at most {MAX_LINK}" in refused(
+        {"type": "range", "bucket": {"name": "b"}, "template": long_link + "{1..2}"})
+    assert f"at most {MAX_LINK}" in refused(
+        {"type": "multi", "bucket": {"name": "b"}, "objects": {"a": long_link}})
+    headers = {f"X-{i}": ["v" * 1000] for i in range(MAX_HEADER_BYTES // 1000 + 1)}
+    assert "'headers' are too large" in refused(single(headers=headers))
 
 
 def test_object_lists_are_capped() -> None:

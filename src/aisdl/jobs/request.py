@@ -9,7 +9,7 @@ import posixpath
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, replace
-from typing import Any, Protocol
+from typing import Any, NoReturn, Protocol
 
 import re2  # type: ignore[import-untyped]
 
@@ -28,6 +28,8 @@ FETCHABLE_SCHEMES = ("http", "https", "s3", "gs", "az")
 MAX_OBJECTS = 1_000_000          # names in one multi request (a bigger list: several jobs)
 MAX_DESCRIPTION = 4096           # characters; auto descriptions are cut to it, user ones refused
 MAX_REGEX = 1024                 # characters of a job-list regex
+MAX_LINK = 32 << 10              # characters of a link or template (servers take 8-16 KiB)
+MAX_HEADER_BYTES = 64 << 10      # names and values of a job's headers, all together
 MAX_BYTES_PER_HOUR = 2**63 - 1   # what the database and the token bucket hold
 MAX_TIMEOUT = 30 * 24 * 3600.0   # seconds: beyond, a timer overflows; no transfer needs more
 
@@ -141,6 +143,9 @@ def with_scheme(link: str) -> str:
 def check_link(link: str) -> str:
     """A link the node may fetch: a known scheme and no control character, which libcurl would
     send raw (CR/LF in a link would add lines to the request: header injection)."""
+    if len(link) > MAX_LINK:
+        raise BadRequest(f"link is too long: {len(link)} characters (at most {MAX_LINK}):"
+                         f" {_clip(link)!r}")
     if _CONTROL.search(link):
         raise BadRequest(f"link {_clip(link)!r} contains a control character (CR, LF, NUL ...)")
     link = with_scheme(link)
@@ -204,7 +209,7 @@ def _check_fields(body: dict[str, Any], kind: str) -> None:
                          " download")
 
 
-def _unknown(key: str, where: str, expected: Iterable[str]) -> None:
+def _unknown(key: str, where: str, expected: Iterable[str]) -> NoReturn:
     raise BadRequest(f"unknown field {_clip(key)!r} in {where}"
                      f" (expected some of: {', '.join(expected)})")
 
@@ -242,7 +247,9 @@ def _limits(body: dict[str, Any], max_connections: int) -> dict[str, Any]:
     bounds = {"connections": (max_connections, f"{max_connections}, this node's limit"),
               "bytes_per_hour": (MAX_BYTES_PER_HOUR, "2^63 - 1")}
     for key in _LIMIT_FIELDS:
-        value = limits.get(key) or 0
+        value = limits.get(key)
+        if value is None:
+            value = 0
         if not isinstance(value, int) or isinstance(value, bool):
             raise BadRequest(f"'limit.{key}' must be an integer (got: {_clip(repr(value))})")
         if value < 0:
@@ -276,6 +283,7 @@ def _headers(body: dict[str, Any]) -> dict[str, list[str]]:
     """`http.Header`: names → arrays of values. Names must be HTTP tokens and values free of
     control characters: libcurl sends both as they are, so a CR/LF would add header lines."""
     headers = _object(body, "headers")
+    size = 0
     for name, values in headers.items():
         if not _HEADER_NAME.fullmatch(name):
             raise BadRequest(f"invalid header name {_clip(name)!r}: a header name is letters,"
@@ -286,6 +294,10 @@ def _headers(body: dict[str, Any]) -> dict[str, list[str]]:
         if any(_HEADER_VALUE_CONTROL.search(v) for v in values):
             raise BadRequest(f"header {name!r}: a value contains a control character"
                              " (CR, LF, NUL ...)")
+        size += len(name) + sum(len(v) for v in values)
+        if size > MAX_HEADER_BYTES:
+            raise BadRequest(f"'headers' are too large: more than {MAX_HEADER_BYTES} characters"
+                             " of names and values")
     return headers
 
 
@@ -336,6 +348,9 @@ def _range(body: dict[str, Any], base: dict[str, Any]) -> JobSpec:
     template = _text(body, "template")
     if not template:
         raise BadRequest("missing 'template' in the request body")
+    if len(template) > MAX_LINK:
+        raise BadRequest(f"template is too long: {len(template)} characters (at most"
+                         f" {MAX_LINK}): {_clip(template)!r}")
     subdir = _text(body, "subdir")
     tmpl = RangeTemplate(template)  # validates syntax and the 10M cap
     first = next(iter(tmpl), None)
