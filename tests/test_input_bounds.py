@@ -296,13 +296,12 @@ def test_rest_bad_bodies_are_400_in_ais_shape(node) -> None:
     assert "Traceback" not in node.log()
 
 
-@pytest.mark.parametrize("body", [
-    {"id": ["x"]}, {"regex": 5}, {"only_active_tasks": "yes"}, {"idd": "x"},
-    {"regex": "a" * (MAX_REGEX + 1)}, {"regex": "("},
-])
-def test_rest_bad_admin_bodies_are_400(node, body: dict[str, Any]) -> None:
-    r = requests.get(f"{node.endpoint}/v1/download", json=body, timeout=5)
-    assert r.status_code == 400 and r.json()["status"] == 400, r.text
+def test_rest_bad_admin_bodies_are_400(node) -> None:
+    for body in ({"id": ["x"]}, {"regex": 5}, {"only_active_tasks": "yes"}, {"idd": "x"},
+                 {"regex": "a" * (MAX_REGEX + 1)}, {"regex": "("}, {"id": "\ud800"}):
+        for method, path in (("GET", "/v1/download"), ("DELETE", "/v1/download/abort")):
+            r = requests.request(method, node.endpoint + path, json=body, timeout=5)
+            assert r.status_code == 400 and r.json()["status"] == 400, (body, r.text)
 
 
 def test_rest_deep_action_bodies_are_400(node) -> None:

@@ -15,6 +15,8 @@ from aisdl.jobs.request import JobSpec, parse_start_request
 # A body this small parses in well under a millisecond; a bigger one (an object list) is parsed
 # and validated on a thread, so the node keeps answering while it is (10M names took minutes).
 INLINE_BODY = 64 << 10
+# Big start requests are read and parsed two at a time: each may cost a few hundred MB.
+BIG_REQUESTS = web.AppKey("big_start_requests", asyncio.Semaphore)
 ADMIN_FIELDS = {"id": str, "regex": str, "only_active_tasks": bool}
 ADMIN_BODY_MAX = 64 << 10
 
@@ -53,12 +55,14 @@ async def _admin_body(request: web.Request) -> dict[str, Any]:
 
 
 async def _start_request(request: web.Request) -> JobSpec:
-    raw = await request.read()
     max_connections = request.app[CONFIG].max_connections
-    if len(raw) <= INLINE_BODY:
-        return parse_start_request(raw, max_connections)
-    loop = asyncio.get_running_loop()
-    return await loop.run_in_executor(None, parse_start_request, raw, max_connections)
+    size = request.content_length
+    if size is not None and size <= INLINE_BODY:
+        return parse_start_request(await request.read(), max_connections)
+    async with request.app[BIG_REQUESTS]:
+        raw = await request.read()
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(None, parse_start_request, raw, max_connections)
 
 
 async def start(request: web.Request) -> web.Response:
@@ -91,6 +95,7 @@ async def admin(request: web.Request) -> web.Response:
 
 
 def setup(app: web.Application) -> None:
+    app[BIG_REQUESTS] = asyncio.Semaphore(2)
     app.router.add_post("/v1/download", start)
     app.router.add_get("/v1/download", status)
     app.router.add_delete("/v1/download/{action}", admin)
