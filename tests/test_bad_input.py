@@ -16,6 +16,8 @@ CASES = [
     (["start", "download", "http://h/x/{1..}", "ais://b"], "invalid 'bash' template"),
     (["start", "download", "http://h/x/{5..1}", "ais://b"], "'start' cannot be greater than"),
     (["start", "download", "http://h/x/{a..z}", "ais://b"], "range values must be whole numbers"),
+    (["start", "download", "http://h/a{1..3", "ais://b"], "unterminated '{' at character 11"),
+    (["start", "download", "gs://b/a{1..3", "ais://b"], "unterminated '{'"),
     (["start", "download", "http://h/{0..99999}/{0..999}", "ais://b"], "too many values"),
     (["start", "download", "ftp://h/x", "ais://b"], "invalid scheme: ftp"),
     (["start", "download", "http://h/x", "b"], 'backend provider cannot be empty (did you mean'),

@@ -62,9 +62,25 @@ def test_percent_signs_are_literal() -> None:
 def test_malformed(template: str) -> None:
     with pytest.raises(BadRequest) as e:
         RangeTemplate(template)
-    assert str(e.value) in (f"invalid 'bash' template \"{template}\" {EXAMPLE}",
-                            f"not a 'bash' template \"{template}\": no '{{start..end}}' range "
-                            f"{EXAMPLE}")
+    assert str(e.value).startswith(f"invalid 'bash' template \"{template}\"")
+    assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize(("template", "at"), [("http://h/a{1..3", 11), ("a{1..2", 2),
+                                              ("{1..2}{", 7), ("{1..{2}}", 1), ("{1..2}b{3", 8)])
+def test_unterminated_brace(template: str, at: int) -> None:
+    """`a{1..3` was taken as a literal name; it is a range left open."""
+    with pytest.raises(BadRequest) as e:
+        RangeTemplate(template)
+    assert str(e.value) == (f"invalid 'bash' template \"{template}\": unterminated '{{' at"
+                            f" character {at} {EXAMPLE}")
+
+
+@pytest.mark.parametrize("template", ["}{", "a}b", "{1..2}}", "}{1..2}"])
+def test_closing_brace_without_opening(template: str) -> None:
+    with pytest.raises(BadRequest) as e:
+        RangeTemplate(template)
+    assert str(e.value) == f"invalid 'bash' template \"{template}\": '}}' without '{{'"
 
 
 def test_not_a_template() -> None:
@@ -149,5 +165,10 @@ def test_index_bounds() -> None:
 
 def test_has_template() -> None:
     assert has_template("gs://b/obj{00..10}.tgz")
-    assert not has_template("gs://b/obj{00..10.tgz")
     assert not has_template("https://h/file")
+
+
+@pytest.mark.parametrize("source", ["gs://b/obj{00..10.tgz", "http://h/a{1..3", "http://h/a}"])
+def test_any_brace_makes_a_template(source: str) -> None:
+    """So an unterminated range is refused as one, not fetched as a literal object name."""
+    assert has_template(source)

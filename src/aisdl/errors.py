@@ -4,6 +4,7 @@
     ├── BadRequest (400)       also a ValueError: malformed JSON, template, name, limit ...
     ├── NotFound (404)         also a FileNotFoundError: bucket, object, job
     ├── Conflict (409)         bucket exists; name collides with a directory
+    ├── TooLarge (413)         a request body over the node's bound
     ├── InsufficientStorage (507)
     ├── DatabaseRefused (503, 507 when its disk is full)   worth trying again later
     └── SourceError            a fetch from a source failed (not an API error)
@@ -17,6 +18,9 @@ exits 2. SourceError never leaves the engine: it becomes a per-file error of a j
 from __future__ import annotations
 
 import errno
+import json
+import re
+from typing import Any
 
 
 class AisdlError(Exception):
@@ -42,6 +46,10 @@ class Conflict(AisdlError):
     status = 409
 
 
+class TooLarge(AisdlError):
+    status = 413
+
+
 class InsufficientStorage(AisdlError):
     status = 507
 
@@ -60,6 +68,38 @@ def disk_error(exc: OSError, doing: str) -> AisdlError:
     says what was being done and what the disk said."""
     out_of_room = exc.errno in (errno.ENOSPC, errno.EDQUOT)
     return (InsufficientStorage if out_of_room else AisdlError)(f"{doing}: {exc.strerror or exc}")
+
+
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+
+
+def parse_json(raw: bytes, what: str) -> Any:
+    """A JSON request body, or BadRequest naming `what`: invalid UTF-8, a syntax error, `NaN` or
+    `Infinity` (not JSON), an integer too long to read, nesting too deep to parse (the parser
+    recurses: 100,000 `[`s would otherwise surface as a RecursionError, a 500), or a lone
+    surrogate (`"\\ud800"`: text that no file name, database, URL or header can hold)."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise BadRequest(f"{what} is not valid UTF-8 (byte {exc.start}: {exc.reason})") from None
+    try:
+        body = json.loads(text, parse_constant=_not_json)
+    except RecursionError:
+        raise BadRequest(f"{what} is nested too deeply") from None
+    except ValueError as exc:  # JSONDecodeError, and int() of a number over 4,300 digits
+        raise BadRequest(f"invalid JSON in {what}: {exc}") from None
+    if _SURROGATE_ESCAPE.search(text):  # only an escape makes one: UTF-8 cannot encode them
+        try:
+            json.dumps(body, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise BadRequest(f"{what} is not valid Unicode: it holds a lone surrogate"
+                             f" ({exc.object[exc.start]!r}, an unpaired \\ud800-\\udfff"
+                             " escape)") from None
+    return body
+
+
+def _not_json(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON value")
 
 
 class SourceError(Exception):

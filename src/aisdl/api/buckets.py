@@ -16,9 +16,10 @@ from aiohttp import web
 
 from aisdl.api.keys import NODE_ID, STORE
 from aisdl.api.remote import known_bucket, list_remote
-from aisdl.errors import BadRequest
+from aisdl.errors import BadRequest, TooLarge, parse_json
 from aisdl.models import Bucket, ObjectAttrs, normalize_provider
 
+MAX_ACTION_BODY = 1 << 20
 MAX_PAGE_SIZE = 10000  # AIS's page size for ais buckets, also the default
 FLAG_CACHED, FLAG_NAME_ONLY, FLAG_NAME_SIZE, FLAG_NOT_CACHED = 1, 1 << 4, 1 << 5, 1 << 9
 ENTRY_PRESENT = 64  # entry flag: a copy is stored here (SDK `is_cached()`)
@@ -46,11 +47,15 @@ def request_bucket(request: web.Request) -> Bucket:
 
 
 async def read_action(request: web.Request) -> dict[str, Any] | None:
-    """The action message `{"action", "name", "value"}` of a request, None when it has no body."""
+    """The action message `{"action", "name", "value"}` of a request, None when it has no body.
+    It is parsed on the event loop, so it is bounded well below the node's body limit."""
     body = await request.read()
+    if len(body) > MAX_ACTION_BODY:
+        raise TooLarge(f"request body is too large for {request.method} {request.path}:"
+                       f" {len(body)} bytes (an action message holds at most {MAX_ACTION_BODY})")
     if not body.strip():
         return None
-    msg = json.loads(body)
+    msg = parse_json(body, "request body")
     if not isinstance(msg, dict):
         raise BadRequest("request body must be a JSON object (an action message)")
     return msg
@@ -98,7 +103,9 @@ async def post_bucket(request: web.Request) -> web.Response:
     if _action(msg) != "create-bck":
         raise unknown_action(msg, request)
     value = msg.get("value") if msg else None
-    await request.app[STORE].create_bucket(bck, value if isinstance(value, dict) else None)
+    if value is not None and not isinstance(value, dict):
+        raise BadRequest("create-bck: 'value' must be a JSON object of bucket props (or null)")
+    await request.app[STORE].create_bucket(bck, value)
     return web.Response()
 
 
@@ -147,10 +154,10 @@ async def _list_objects(request: web.Request, bck: Bucket, lso: dict[str, Any]) 
         raise BadRequest(f"listing {bck.cname}: 'not-cached' is not supported for this bucket")
     page_size = _uint(lso.get("pagesize"), "pagesize")
     page_size = MAX_PAGE_SIZE if page_size == 0 else min(page_size, MAX_PAGE_SIZE)
-    props = _list_props(str(lso.get("props") or ""), flags)
-    uuid = str(lso.get("uuid") or "") or secrets.token_urlsafe(8)  # never empty: see 7.5
-    after = max(str(lso.get("continuation_token") or ""), str(lso.get("start_after") or ""))
-    prefix = str(lso.get("prefix") or "")
+    props = _list_props(_lso_text(lso, "props"), flags)
+    uuid = _lso_text(lso, "uuid") or secrets.token_urlsafe(8)  # never empty: see 7.5
+    after = max(_lso_text(lso, "continuation_token"), _lso_text(lso, "start_after"))
+    prefix = _lso_text(lso, "prefix")
     if remote is not None and not flags & FLAG_CACHED:
         objs, held = await list_remote(request.app, bck, remote, prefix, after, page_size)
     else:
@@ -174,13 +181,26 @@ async def _list_objects(request: web.Request, bck: Bucket, lso: dict[str, Any]) 
 
 def _uint(value: Any, what: str) -> int:
     """An unsigned int that clients send as a JSON string (`flags`) or a number."""
+    if isinstance(value, bool) or not isinstance(value, int | str | None):
+        raise BadRequest(f"list objects: invalid {what} {str(value)[:100]!r} (expected an"
+                         " unsigned integer)")
     try:
         n = int(value or 0)
-    except (TypeError, ValueError):
-        raise BadRequest(f"list objects: invalid {what} {value!r}") from None
+    except ValueError:
+        raise BadRequest(f"list objects: invalid {what} {str(value)[:100]!r}") from None
     if n < 0:
         raise BadRequest(f"list objects: invalid {what} {value!r}")
     return n
+
+
+def _lso_text(lso: dict[str, Any], key: str) -> str:
+    """A string field of a list-objects message; absent or null is ""."""
+    value = lso.get(key)
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise BadRequest(f"list objects: '{key}' must be a string")
+    return value
 
 
 def _list_props(text: str, flags: int) -> frozenset[str]:

@@ -14,6 +14,10 @@ from aisdl.errors import AisdlError
 log = logging.getLogger("aisdl.api")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
+# The most a request body read whole may hold (aiohttp's `client_max_size`): a start request
+# with a million links fits; object PUTs stream their bodies and are not bound by it.
+MAX_REQUEST_BODY = 64 << 20
+
 
 def error_response(request: web.Request, status: int, message: str,
                    tcode: str = "") -> web.Response:
@@ -41,6 +45,10 @@ async def ais_errors(request: web.Request, handler: Handler) -> web.StreamRespon
         return await handler(request)
     except AisdlError as exc:
         return error_response(request, exc.status, exc.message, exc.tcode)
+    except web.HTTPRequestEntityTooLarge:
+        return error_response(request, 413, f"request body is too large: more than"
+                              f" {MAX_REQUEST_BODY >> 20} MiB (download a longer object list"
+                              " as several jobs)")
     except web.HTTPException as exc:
         if exc.status < 400:
             raise

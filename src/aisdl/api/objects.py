@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import os
+import re
 from collections.abc import AsyncIterator
 from typing import IO, Any
 
@@ -233,13 +234,32 @@ async def patch_object(request: web.Request) -> web.Response:
     msg = await read_action(request)
     if msg is None or _action_of(msg) != "":
         raise unknown_action(msg, request)
-    value = msg.get("value")
-    if not isinstance(value, dict):
-        raise BadRequest("custom metadata: 'value' must be a JSON object of strings")
-    custom = {str(k): v if isinstance(v, str) else str(v) for k, v in value.items()}
+    custom = _custom_md(msg.get("value"))
     replace = request.query.get("set-new-custom", "").lower() == "true"
     await store.update_custom(bck, name, custom, replace)
     return web.Response()
+
+
+_CUSTOM_KEY = re.compile(r"[^\x00-\x20\x7f,=]+")
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+
+
+def _custom_md(value: Any) -> dict[str, str]:
+    """Custom metadata goes out as `Ais-Custom-Md: k=v` headers: a key holds no `,` `=` or
+    spaces and no text holds a control character (a CR/LF would have broken every later GET and
+    HEAD of the object); values are strings, not whatever str() makes of a number or a list."""
+    if not isinstance(value, dict):
+        raise BadRequest("custom metadata: 'value' must be a JSON object of strings")
+    for key, text in value.items():
+        if not _CUSTOM_KEY.fullmatch(key):
+            raise BadRequest(f"custom metadata: invalid key {key[:100]!r} (no spaces, ',', '='"
+                             " or control characters)")
+        if not isinstance(text, str):
+            raise BadRequest(f"custom metadata: the value of {key!r} must be a string")
+        if _CONTROL.search(text):
+            raise BadRequest(f"custom metadata: the value of {key!r} contains a control"
+                             " character (CR, LF, NUL ...)")
+    return value
 
 
 def _action_of(msg: dict[str, Any]) -> str:

@@ -4,13 +4,16 @@ stream of (index, object name, link) items it describes."""
 from __future__ import annotations
 
 import json
+import math
 import posixpath
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, NoReturn, Protocol
 
-from aisdl.errors import BadRequest
+import re2  # type: ignore[import-untyped]
+
+from aisdl.errors import BadRequest, parse_json
 from aisdl.jobs.template import RangeTemplate
 from aisdl.models import Bucket
 from aisdl.sources.base import SourceObject
@@ -19,6 +22,30 @@ from aisdl.units import parse_duration
 
 KINDS = ("single", "multi", "range", "backend")
 FETCHABLE_SCHEMES = ("http", "https", "s3", "gs", "az")
+
+# Bounds of one request: each is far beyond what a real job needs, and each keeps one request
+# from costing the node minutes of work or gigabytes of memory.
+MAX_OBJECTS = 1_000_000          # names in one multi request (a bigger list: several jobs)
+MAX_DESCRIPTION = 4096           # characters; auto descriptions are cut to it, user ones refused
+MAX_REGEX = 1024                 # characters of a job-list regex
+MAX_LINK = 32 << 10              # characters of a link or template (servers take 8-16 KiB)
+MAX_HEADER_BYTES = 64 << 10      # names and values of a job's headers, all together
+MAX_BYTES_PER_HOUR = 2**63 - 1   # what the database and the token bucket hold
+MAX_TIMEOUT = 30 * 24 * 3600.0   # seconds: beyond, a timer overflows; no transfer needs more
+
+# The fields of a start request (spec 4.2): every type's, then each type's own. A field of
+# another type is refused when it says something (it would be ignored), not when it is empty:
+# AIStore's Go client sends its zero values.
+_BASE_FIELDS = frozenset(("type", "bucket", "description", "timeout", "progress_interval",
+                          "limits", "headers", "etl_name", "etl_args"))
+_KIND_FIELDS = {"single": ("link", "object_name", "from_remote"), "multi": ("objects",),
+                "range": ("template", "subdir"), "backend": ("prefix", "suffix", "synchronize")}
+_BUCKET_FIELDS = ("name", "provider", "namespace")
+_LIMIT_FIELDS = ("connections", "bytes_per_hour")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+# RFC 9110: a field name is a token; a value may hold tabs and visible or non-ASCII characters.
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+_HEADER_VALUE_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 
 
 @dataclass(frozen=True)
@@ -114,11 +141,18 @@ def with_scheme(link: str) -> str:
 
 
 def check_link(link: str) -> str:
+    """A link the node may fetch: a known scheme and no control character, which libcurl would
+    send raw (CR/LF in a link would add lines to the request: header injection)."""
+    if len(link) > MAX_LINK:
+        raise BadRequest(f"link is too long: {len(link)} characters (at most {MAX_LINK}):"
+                         f" {_clip(link)!r}")
+    if _CONTROL.search(link):
+        raise BadRequest(f"link {_clip(link)!r} contains a control character (CR, LF, NUL ...)")
     link = with_scheme(link)
     scheme = link.split("://", 1)[0].lower()
     if scheme not in FETCHABLE_SCHEMES:
-        raise BadRequest(f"invalid scheme: {scheme} (this node downloads http(s)://, s3://,"
-                         " gs:// and az:// links)")
+        raise BadRequest(f"invalid scheme: {_clip(scheme)} (this node downloads http(s)://,"
+                         " s3://, gs:// and az:// links)")
     return link
 
 
@@ -132,24 +166,22 @@ def range_name(subdir: str, link: str) -> str:
     return normalize_object_name(posixpath.join(subdir.strip("/"), base_name(link)).lstrip("/"))
 
 
-def parse_start_request(raw: bytes) -> JobSpec:
-    try:
-        body = json.loads(raw or b"null")
-    except ValueError as exc:
-        raise BadRequest(f"failed to unmarshal download request: {exc}") from exc
+def parse_start_request(raw: bytes, max_connections: int) -> JobSpec:
+    """The job a start request describes, or BadRequest. `max_connections` is the node's limit,
+    the most a job may ask for. Costs time in proportion to the body: a server runs it off its
+    event loop when the body is big."""
+    body = parse_json(raw or b"null", "download request")
     if not isinstance(body, dict) or not body.get("type"):
         raise BadRequest("failed to unmarshal download request: 'type' field is empty")
-    kind = body["type"]
+    kind = _text(body, "type")
     if kind not in KINDS:
         raise BadRequest(
             "input does not match any of the supported formats (single, range, multi, backend)")
-    bck = body.get("bucket") or {}
-    if not isinstance(bck, dict) or not bck.get("name"):
-        raise BadRequest("missing 'bucket.name'")
-    base = dict(kind=kind, bucket=Bucket.of(bck["name"], bck.get("provider") or "ais"),
-                **_limits(body))
-    if body.get("progress_interval"):
-        parse_duration(str(body["progress_interval"]), "progress interval")
+    _check_fields(body, kind)
+    base = dict(kind=kind, bucket=_bucket(body), **_limits(body, max_connections))
+    interval = body.get("progress_interval")
+    if interval not in (None, ""):
+        _duration(interval, "progress_interval", "invalid progress interval")
     if kind == "single":
         spec = _single(body, base)
     elif kind == "multi":
@@ -161,38 +193,120 @@ def parse_start_request(raw: bytes) -> JobSpec:
     return spec
 
 
-def _limits(body: dict[str, Any]) -> dict[str, Any]:
-    out: dict[str, Any] = {"description": str(body.get("description") or "")}
+def _check_fields(body: dict[str, Any], kind: str) -> None:
+    own = _KIND_FIELDS[kind]
+    for key, value in body.items():
+        if key in _BASE_FIELDS or key in own:
+            continue
+        if not any(key in fields for fields in _KIND_FIELDS.values()):
+            _unknown(key, "the download request", sorted(_BASE_FIELDS.union(own)))
+        if value not in (None, "", False, [], {}):
+            raise BadRequest(f"'{key}' does not apply to a {kind} download")
+    if _text(body, "etl_name") or _text(body, "etl_args"):
+        raise BadRequest("ETL is not supported by this node ('etl_name', 'etl_args')")
+    if _flag(body, "from_remote"):
+        raise BadRequest("'from_remote' is not supported by this node: give the 'link' to"
+                         " download")
+
+
+def _unknown(key: str, where: str, expected: Iterable[str]) -> NoReturn:
+    raise BadRequest(f"unknown field {_clip(key)!r} in {where}"
+                     f" (expected some of: {', '.join(expected)})")
+
+
+def _bucket(body: dict[str, Any]) -> Bucket:
+    bck = _object(body, "bucket")
+    for key in bck:
+        if key not in _BUCKET_FIELDS:
+            _unknown(key, "'bucket'", _BUCKET_FIELDS)
+    name = _text(bck, "name", "bucket.name")
+    if not name:
+        raise BadRequest("missing 'bucket.name'")
+    namespace = _object(bck, "namespace", "bucket.namespace")
+    if any(namespace.get(k) for k in namespace):
+        raise BadRequest("bucket namespaces are not supported by this node"
+                         " ('bucket.namespace' must be empty)")
+    return Bucket.of(name, _text(bck, "provider", "bucket.provider") or "ais")
+
+
+def _limits(body: dict[str, Any], max_connections: int) -> dict[str, Any]:
+    description = _text(body, "description")
+    if len(description) > MAX_DESCRIPTION:
+        raise BadRequest(f"'description' is too long: {len(description)} characters (at most"
+                         f" {MAX_DESCRIPTION})")
+    out: dict[str, Any] = {"description": description}
     timeout = body.get("timeout")
-    if timeout not in (None, "", 0, "0", "0s"):
-        try:
-            out["timeout"] = parse_duration(str(timeout), "timeout")
-        except BadRequest as exc:
-            raise BadRequest(f"failed to parse timeout field: {exc.message}") from exc
-        if out["timeout"] <= 0:
-            out.pop("timeout")
-    limits = body.get("limits") or {}
-    for key, attr in (("connections", "connections"), ("bytes_per_hour", "bytes_per_hour")):
-        value = limits.get(key, 0) or 0
+    if timeout not in (None, ""):
+        seconds = _duration(timeout, "timeout", "failed to parse timeout field")
+        if seconds > 0:
+            out["timeout"] = seconds
+    limits = _object(body, "limits")
+    for key in limits:
+        if key not in _LIMIT_FIELDS:
+            _unknown(key, "'limits'", _LIMIT_FIELDS)
+    bounds = {"connections": (max_connections, f"{max_connections}, this node's limit"),
+              "bytes_per_hour": (MAX_BYTES_PER_HOUR, "2^63 - 1")}
+    for key in _LIMIT_FIELDS:
+        value = limits.get(key)
+        if value is None:
+            value = 0
         if not isinstance(value, int) or isinstance(value, bool):
-            raise BadRequest(f"'limit.{key}' must be an integer (got: {value!r})")
+            raise BadRequest(f"'limit.{key}' must be an integer (got: {_clip(repr(value))})")
         if value < 0:
             raise BadRequest(f"'limit.{key}' must be non-negative (got: {value})")
-        out[attr] = value
-    headers = body.get("headers") or {}
-    if not isinstance(headers, dict) or not all(
-            isinstance(v, list) and all(isinstance(x, str) for x in v) for v in headers.values()):
-        raise BadRequest("'headers' must map header names to arrays of strings")
-    out["headers"] = headers
+        most, said = bounds[key]
+        if value > most:
+            raise BadRequest(f"'limit.{key}' must be at most {said} (got: {_clip(str(value))})")
+        out[key] = value
+    out["headers"] = _headers(body)
     return out
 
 
+def _duration(value: Any, key: str, failed: str) -> float:
+    """A Go duration string, or a number of seconds; finite, non-negative and bounded."""
+    if isinstance(value, bool) or not isinstance(value, str | int | float):
+        raise BadRequest(f"'{key}' must be a duration such as \"30s\", got: {_json_type(value)}")
+    if isinstance(value, str):
+        try:
+            seconds = parse_duration(value, key)
+        except BadRequest as exc:
+            raise BadRequest(f"{failed}: {exc.message}") from exc
+    else:
+        seconds = float(value)
+    if not math.isfinite(seconds) or not 0 <= seconds <= MAX_TIMEOUT:
+        raise BadRequest(f"{failed}: '{key}' must be between 0 and {MAX_TIMEOUT:.0f}s"
+                         f" (got: {_clip(str(value))})")
+    return seconds
+
+
+def _headers(body: dict[str, Any]) -> dict[str, list[str]]:
+    """`http.Header`: names → arrays of values. Names must be HTTP tokens and values free of
+    control characters: libcurl sends both as they are, so a CR/LF would add header lines."""
+    headers = _object(body, "headers")
+    size = 0
+    for name, values in headers.items():
+        if not _HEADER_NAME.fullmatch(name):
+            raise BadRequest(f"invalid header name {_clip(name)!r}: a header name is letters,"
+                             " digits and !#$%&'*+-.^_`|~ only")
+        if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
+            raise BadRequest("'headers' must map header names to arrays of strings"
+                             f" (header {name!r})")
+        if any(_HEADER_VALUE_CONTROL.search(v) for v in values):
+            raise BadRequest(f"header {name!r}: a value contains a control character"
+                             " (CR, LF, NUL ...)")
+        size += len(name) + sum(len(v) for v in values)
+        if size > MAX_HEADER_BYTES:
+            raise BadRequest(f"'headers' are too large: more than {MAX_HEADER_BYTES} characters"
+                             " of names and values")
+    return headers
+
+
 def _single(body: dict[str, Any], base: dict[str, Any]) -> JobSpec:
-    link = str(body.get("link") or "")
+    link = _text(body, "link")
     if not link:
         raise BadRequest("missing 'link' in the request body")
     link = check_link(link)
-    name = str(body.get("object_name") or "") or base_name(link)
+    name = _text(body, "object_name") or base_name(link)
     if name in (".", "/"):
         raise BadRequest("can not extract a valid 'object_name' from the provided download 'link'")
     spec = JobSpec(link=link, object_name=normalize_object_name(name), **base)
@@ -203,17 +317,22 @@ def _multi(body: dict[str, Any], base: dict[str, Any]) -> JobSpec:
     objects = body.get("objects")
     if objects is None:
         raise BadRequest("body should not be empty")
+    if isinstance(objects, dict | list) and len(objects) > MAX_OBJECTS:
+        raise BadRequest(f"too many objects: {len(objects)} (at most {MAX_OBJECTS} in one"
+                         " request: download a longer list as several jobs)")
     pairs: dict[str, str] = {}
     if isinstance(objects, dict):
-        for name, link in objects.items():
+        for link in objects.values():
             if not isinstance(link, str):
                 raise BadRequest(f"values in map should be strings, found: {type(link).__name__}")
+        for name, link in objects.items():
             pairs[normalize_object_name(name)] = check_link(link)
     elif isinstance(objects, list):
         for link in objects:
             if not isinstance(link, str):
                 raise BadRequest(
                     f"expected download link to be a string, got: {type(link).__name__}")
+        for link in objects:
             name = base_name(link)
             if name in (".", "/"):
                 raise BadRequest(f'failed to extract object name from the download "{link}"')
@@ -226,31 +345,93 @@ def _multi(body: dict[str, Any], base: dict[str, Any]) -> JobSpec:
 
 
 def _range(body: dict[str, Any], base: dict[str, Any]) -> JobSpec:
-    template = str(body.get("template") or "")
+    template = _text(body, "template")
     if not template:
         raise BadRequest("missing 'template' in the request body")
+    if len(template) > MAX_LINK:
+        raise BadRequest(f"template is too long: {len(template)} characters (at most"
+                         f" {MAX_LINK}): {_clip(template)!r}")
+    subdir = _text(body, "subdir")
     tmpl = RangeTemplate(template)  # validates syntax and the 10M cap
     first = next(iter(tmpl), None)
     if first is not None:
-        check_link(first)
-        range_name(str(body.get("subdir") or ""), first)
-    spec = JobSpec(template=template, subdir=str(body.get("subdir") or ""), **base)
+        check_link(first)  # every name holds all of the template's text: one check covers all
+        range_name(subdir, first)
+    spec = JobSpec(template=template, subdir=subdir, **base)
     return _described(spec, f"{template} -> {spec.bucket.cname}")
 
 
 def _backend(body: dict[str, Any], base: dict[str, Any]) -> JobSpec:
-    spec = JobSpec(prefix=str(body.get("prefix") or ""), suffix=str(body.get("suffix") or ""),
-                   sync=bool(body.get("synchronize")), **base)
+    spec = JobSpec(prefix=_text(body, "prefix"), suffix=_text(body, "suffix"),
+                   sync=_flag(body, "synchronize"), **base)
     return _described(spec, f"remote bucket prefetch -> {spec.bucket.cname}")
 
 
 def _described(spec: JobSpec, auto: str) -> JobSpec:
-    return spec if spec.description else replace(spec, description=auto)
+    """The user's description, else `auto` cut to MAX_DESCRIPTION (it may hold a whole link or
+    template, and every job list matches its regex against it)."""
+    if spec.description:
+        return spec
+    if len(auto) > MAX_DESCRIPTION:
+        auto = auto[:MAX_DESCRIPTION - 1] + "\N{HORIZONTAL ELLIPSIS}"
+    return replace(spec, description=auto)
 
 
-def check_regex(regex: str) -> re.Pattern[str]:
+# -- JSON fields: one type each, refused by name otherwise ---------------------------------------
+def _json_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    return {str: "string", int: "number", float: "number", list: "array",
+            dict: "object"}.get(type(value), type(value).__name__)
+
+
+def _text(d: dict[str, Any], key: str, label: str = "") -> str:
+    """A string field; absent or null is ""."""
+    value = d.get(key)
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise BadRequest(f"'{label or key}' must be a string, got: {_json_type(value)}")
+    return value
+
+
+def _flag(d: dict[str, Any], key: str) -> bool:
+    value = d.get(key)
+    if value is None:
+        return False
+    if not isinstance(value, bool):
+        raise BadRequest(f"'{key}' must be true or false, got: {_json_type(value)}")
+    return value
+
+
+def _object(d: dict[str, Any], key: str, label: str = "") -> dict[str, Any]:
+    value = d.get(key)
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise BadRequest(f"'{label or key}' must be a JSON object, got: {_json_type(value)}")
+    return value
+
+
+def _clip(text: str, most: int = 200) -> str:
+    """Text echoed in an error message: a 1 MB link should not make a 1 MB message."""
+    return text if len(text) <= most else text[:most] + "\N{HORIZONTAL ELLIPSIS}"
+
+
+class Pattern(Protocol):
+    def search(self, text: str) -> object | None: ...
+
+
+def check_regex(regex: str) -> Pattern:
+    """A job-list regex, compiled by RE2 (as AIStore's Go regexp): matching takes time linear
+    in the text, so no regex can hold the node (Python's `re` backtracks: `(a+)+$` against a
+    long description never ends)."""
+    if len(regex) > MAX_REGEX:
+        raise BadRequest(f"regex is too long: {len(regex)} characters (at most {MAX_REGEX})")
     try:
-        return re.compile(regex)
-    except re.error as exc:
+        pattern: Pattern = re2.compile(regex)
+    except (re2.error, UnicodeEncodeError) as exc:  # RE2 reads UTF-8: a lone surrogate is not
         raise BadRequest(f"invalid regex {regex!r}: {exc}") from exc
-
+    return pattern

@@ -9,7 +9,8 @@ names are produced lazily, and `iter_from(n)` / `name_at(n)` jump straight to th
 reading n as a mixed-radix number — that is how a job resumes after a restart without replaying.
 
 One deliberate difference from upstream: a stray `}` after the last range is rejected (upstream
-keeps it as literal suffix text), so that every brace in a template is part of a range.
+keeps it as literal suffix text), and so is an unterminated `{`, so that every brace in a
+template is part of a range.
 """
 
 from __future__ import annotations
@@ -28,8 +29,11 @@ _NUMBER = re.compile(r"-?[0-9]+")
 
 
 def has_template(text: str) -> bool:
-    """Whether a source link is a range template (the CLI's test, spec 3.2 step 3)."""
-    return "{" in text and "}" in text
+    """Whether a source link is a range template (the CLI's test, spec 3.2 step 3).
+
+    Any brace makes one, where upstream needs both `{` and `}`: `http://h/a{1..3` is a template
+    with an unterminated range, refused as such, not the literal object name `a{1..3`."""
+    return "{" in text or "}" in text
 
 
 @dataclass(frozen=True)
@@ -57,22 +61,24 @@ class RangeTemplate:
     def __init__(self, template: str) -> None:
         self.template = template
         first = template.find("{")
-        if first < 0 or "}" not in template:
+        if first < 0 and "}" in template:
+            self._invalid("'}' without '{'")
+        if first < 0:
             raise BadRequest(f"not a 'bash' template \"{template}\": no '{{start..end}}' range "
                              f"{_EXAMPLE}")
         self.prefix = template[:first]
         if "}" in self.prefix:
-            self._invalid()
+            self._invalid("'}' without '{'")
         ranges: list[TemplateRange] = []
         pos = first
         while True:
             close = template.find("}", pos)
             if close < 0 or "{" in template[pos + 1:close]:
-                self._invalid()
+                self._invalid(f"unterminated '{{' at character {pos + 1} {_EXAMPLE}")
             nxt = template.find("{", close + 1)
             gap = template[close + 1:nxt] if nxt >= 0 else template[close + 1:]
             if "}" in gap:
-                self._invalid()
+                self._invalid("'}' without '{'")
             ranges.append(self._parse_range(template[pos + 1:close], gap))
             if nxt < 0:
                 break
