@@ -124,6 +124,24 @@ def test_an_unexpected_failure_of_one_transfer_is_that_files_error(origin, node)
     assert not [r for r in origin.log if r.headers.get("Injected")]  # never sent raw
 
 
+def test_a_job_stopped_by_an_internal_error_says_so(origin, node):
+    names = [f"f{i:02d}" for i in range(5)]
+    add_files(origin, names)
+    make_bucket(node)
+    node.stop()
+    insert_job(node, "dnl-cursor01", range_spec(origin, names), len(names))
+    conn = sqlite3.connect(node.home / "aisdl.db", isolation_level=None)
+    conn.execute("UPDATE jobs SET cursor = ? WHERE id = ?", ('{"low": "x"}', "dnl-cursor01"))
+    conn.close()
+    node.start()
+    st = wait_job(node.client(), "dnl-cursor01", timeout=30)
+    assert (st["finished_cnt"], st["error_cnt"]) == (0, 1), st
+    [err] = st["download_errors"]
+    assert err["error"].startswith("the job stopped on an internal error (TypeError: "), err
+    assert err["error"].endswith("; 5 of 5 files not done; see the node's log"), err
+    assert "job dnl-cursor01 stopped by an internal error" in node.log()
+
+
 @pytest.mark.parametrize(("total", "finished", "errors", "aborted", "dispatched", "gap"), [
     (10, 10, 0, False, True, ""),
     (10, 6, 4, False, True, ""),

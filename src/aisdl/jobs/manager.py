@@ -61,7 +61,13 @@ class JobManager:
 
     def resume_in_background(self) -> None:
         """Once the node serves: resume unfinished jobs."""
-        self._resuming = asyncio.create_task(self._resume(), name="resume jobs")
+        self._resuming = asyncio.create_task(self._resume_logged(), name="resume jobs")
+
+    async def _resume_logged(self) -> None:
+        try:
+            await self._resume()
+        except Exception:  # the node serves on; what did not resume resumes at the next start
+            log.exception("resuming the unfinished jobs failed")
 
     async def _resume(self) -> None:
         delay = 0.25
@@ -73,7 +79,10 @@ class JobManager:
                 log.error("cannot list the jobs to resume (%s); trying again", err.message)
                 await asyncio.sleep(delay)
                 delay = min(2 * delay, RESUME_RETRY_MAX)
-        aborted = []
+        # All launches before the next await: an abort that reaches the database after the
+        # rows were read finds its job running (see `abort`).
+        aborted: list[sqlite3.Row] = []
+        failed: list[tuple[sqlite3.Row, str]] = []
         for row in rows:
             if row["id"] in self.runs:
                 continue
@@ -86,7 +95,9 @@ class JobManager:
             except Exception as exc:  # noqa: BLE001 - a record this node cannot read
                 log.exception("cannot resume job %s", row["id"])
                 self.runs.pop(row["id"], None)
-                await self._fail(row, f"cannot resume the job: {type(exc).__name__}: {exc}")
+                failed.append((row, f"cannot resume the job: {type(exc).__name__}: {exc}"))
+        for row, error in failed:
+            await self._fail(row, error)
         for row in aborted:
             await self._finish_abort(row)
 
