@@ -142,6 +142,23 @@ def test_a_job_stopped_by_an_internal_error_says_so(origin, node):
     assert "job dnl-cursor01 stopped by an internal error" in node.log()
 
 
+def test_an_outcome_the_database_cannot_take_is_that_files_error(origin, node):
+    names = [f"f{i:02d}" for i in range(8)]
+    add_files(origin, names)
+    conn = sqlite3.connect(node.home / "aisdl.db", isolation_level=None)
+    conn.execute("CREATE TRIGGER refuse_f03 BEFORE INSERT ON objects WHEN NEW.name = 'f03' "
+                 "BEGIN SELECT RAISE(ABORT, 'injected'); END")  # not a refusal to wait out
+    conn.close()
+    c = node.client()
+    job = c.start_download({"type": "range", "bucket": {"name": "b"},
+                            "template": origin.url_for("/d/") + "f{00..07}"})
+    st = wait_job(c, job, timeout=30)
+    assert (st["finished_cnt"], st["error_cnt"]) == (7, 1), st
+    assert st["download_errors"] == [
+        {"name": "f03", "error": "cannot record the object: IntegrityError: injected"}]
+    assert_stored(node, [n for n in names if n != "f03"])
+
+
 @pytest.mark.parametrize(("total", "finished", "errors", "aborted", "dispatched", "gap"), [
     (10, 10, 0, False, True, ""),
     (10, 6, 4, False, True, ""),

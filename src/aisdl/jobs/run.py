@@ -275,19 +275,43 @@ class JobRun:
         in order, for the next try."""
         async with self._flushing:
             batch, self._batch = self._batch, []
-            if batch:
-                with self._counts_lock:
-                    self._recording += len(batch)
-                stored = await self._in_db(lambda conn: self._record(conn, batch),
-                                           f"{len(batch)} outcomes",
-                                           then=lambda state: self._recorded(len(batch), state))
-                if not stored:
-                    with self._counts_lock:
-                        self._recording -= len(batch)
-                    self._batch[:0] = batch
-                    return False
+            if batch and (left := await self._store(batch)):
+                self._batch[:0] = left
+                return False
         self._room.set()
         return True
+
+    async def _store(self, batch: list[Outcome], *, last_try: bool = False) -> list[Outcome]:
+        """Record `batch` in one transaction; returns what the database refused (to try again).
+        A batch that fails otherwise (a constraint, a bug) is recorded outcome by outcome, and
+        an outcome that cannot be recorded becomes that file's error: no count is ever lost."""
+        with self._counts_lock:
+            self._recording += len(batch)
+        try:
+            stored = await self._in_db(lambda conn: self._record(conn, batch),
+                                       f"{len(batch)} outcomes",
+                                       then=lambda state: self._recorded(len(batch), state))
+        except Exception as exc:
+            with self._counts_lock:
+                self._recording -= len(batch)
+            if last_try:
+                raise
+            if len(batch) > 1:
+                log.error("job %s: cannot record %d outcomes together (%s); one by one now",
+                          self.id, len(batch), _describe(exc))
+                for i, o in enumerate(batch):
+                    if await self._store([o]):
+                        return batch[i:]
+                return []
+            [o] = batch
+            log.exception("job %s: cannot record %s", self.id, o.item.name)
+            o.work, o.error = None, f"cannot record the object: {_describe(exc)}"
+            return await self._store(batch, last_try=True)
+        if not stored:
+            with self._counts_lock:
+                self._recording -= len(batch)
+            return batch
+        return []
 
     def _recorded(self, size: int, state: tuple[Counters, Cursor]) -> None:
         """On the database thread, once a batch has committed: the next batch starts from its
