@@ -159,6 +159,24 @@ def test_an_outcome_the_database_cannot_take_is_that_files_error(origin, node):
     assert_stored(node, [n for n in names if n != "f03"])
 
 
+def test_outcomes_lost_to_the_database_are_never_a_silent_gap(origin, node):
+    names = [f"f{i:02d}" for i in range(8)]
+    add_files(origin, names)
+    conn = sqlite3.connect(node.home / "aisdl.db", isolation_level=None)
+    for table in ("objects", "job_errors"):  # neither f03 nor its error can be recorded
+        conn.execute(f"CREATE TRIGGER refuse_{table} BEFORE INSERT ON {table} WHEN NEW.name = "
+                     "'f03' BEGIN SELECT RAISE(ABORT, 'injected'); END")
+    conn.close()
+    c = node.client()
+    job = c.start_download({"type": "range", "bucket": {"name": "b"},
+                            "template": origin.url_for("/d/") + "f{00..07}"})
+    st = wait_job(c, job, timeout=30)
+    assert st["finished_cnt"] + st["error_cnt"] < 8 + 1, st  # f03 has no outcome
+    [why] = [e for e in st["download_errors"] if e["name"] == "ais://b"]
+    assert why["error"].startswith(("counts do not add up: ", "the job stopped on an internal"))
+    assert why["error"].endswith("see the node's log")
+
+
 @pytest.mark.parametrize(("total", "finished", "errors", "aborted", "dispatched", "gap"), [
     (10, 10, 0, False, True, ""),
     (10, 6, 4, False, True, ""),

@@ -268,7 +268,10 @@ class JobRun:
             except TimeoutError:
                 pass
             self._flush_now.clear()
-            await self._flush()
+            try:
+                await self._flush()
+            except Exception:  # what it held is missing from the counts: `_finish` says so
+                log.exception("job %s: recording outcomes failed", self.id)
 
     async def _flush(self) -> bool:
         """Record the outcomes so far. False when the database refused them: they stay queued,
