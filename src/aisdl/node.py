@@ -40,7 +40,11 @@ def run_node(config: NodeConfig) -> None:
     Raises AisdlError (one line for the CLI) when the home or the port is taken."""
     from aisdl.api.app import create_app
 
-    config.home.mkdir(parents=True, exist_ok=True)
+    try:
+        config.home.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise AisdlError(f"cannot create the node's home {config.home}: {exc.strerror or exc}"
+                         ) from None
     lock = lock_home(config.home, config.endpoint)
     try:
         sock = listen(config.host, config.port)
@@ -61,7 +65,10 @@ def run_node(config: NodeConfig) -> None:
 def lock_home(home: Path, endpoint: str) -> int:
     """Hold HOME/node.lock (flock, released when the process ends however it ends) and write
     our pid and endpoint in it. Returns its descriptor; a second node gets the first's name."""
-    fd = os.open(home / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fd = os.open(home / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise AisdlError(f"cannot use {home} as the node's home: {exc.strerror or exc}") from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
