@@ -7,9 +7,12 @@ disk before it is carried out, so a crash cannot undo it."""
 
 from __future__ import annotations
 
+import os
+import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -282,3 +285,52 @@ def test_stop_download_then_kill9_stays_aborted(origin, node, ais):
     assert st["aborted"] is True and st["finished_cnt"] < 40
     time.sleep(1)
     assert origin.hits() == hits
+
+
+def test_a_crash_while_an_abort_is_carried_out_leaves_the_job_aborted(origin, tmp_path):
+    """The fetch workers do not answer (stopped), so cancelling their transfers takes a while;
+    the node is killed in that while. The abort was decided: it must hold after the restart."""
+    node = Node(free_port(), tmp_path / "home", tmp_path / "node.log",
+                extra_args=("--fetch-procs", "2"))
+    node.start()
+    workers: list[int] = []
+    try:
+        names = [f"f{i:02d}" for i in range(10)]
+        for name in names:
+            origin.add(f"/d/{name}", payload(name, 100_000))
+            origin.fault(f"/d/{name}", "slow", rate=50_000)  # ~2 s a file
+        c = node.client()
+        job = c.start_download({"type": "range", "bucket": {"name": "b"},
+                                "template": origin.url_for("/d/") + "f{00..09}",
+                                "limits": {"connections": 2}})
+        while not c.download_status(job).get("current_tasks"):
+            time.sleep(0.05)
+        assert node.proc is not None
+        children = Path(f"/proc/{node.proc.pid}/task/{node.proc.pid}/children").read_text()
+        workers = [int(p) for p in children.split()]
+        assert len(workers) == 2
+        for pid in workers:
+            os.kill(pid, signal.SIGSTOP)
+        threading.Thread(target=_abort_quietly, args=(node, job), daemon=True).start()
+        time.sleep(1.5)  # the abort has reached the node; its transfers are being cancelled
+        node.kill9()
+        for pid in workers:
+            os.kill(pid, signal.SIGKILL)
+        workers = []
+        hits = origin.hits()
+        node.start()
+        st = wait_job(node.client(), job, timeout=30)
+        assert st["aborted"] is True and st["finished_cnt"] < 10, st
+        time.sleep(1)
+        assert origin.hits() == hits  # nothing fetched after the restart
+    finally:
+        for pid in workers:
+            os.kill(pid, signal.SIGKILL)
+        node.stop()
+
+
+def _abort_quietly(node: Node, job: str) -> None:
+    try:
+        node.client().abort_download(job)
+    except Exception:  # noqa: BLE001 - the node is killed while it answers
+        pass
