@@ -1,17 +1,29 @@
-"""The node process: settings from flags and environment, logging, the web app, a clean stop."""
+"""The node process: settings from flags and environment, logging, the web app, a clean stop.
+
+A node holds its home for its whole life (one node per home: two would run the same jobs) and
+binds its port before it opens anything in it; unfinished jobs resume once it answers."""
 
 from __future__ import annotations
 
 import asyncio
+import errno
+import fcntl
 import logging
+import os
 import signal
+import socket
 import sys
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from aisdl.config import NodeConfig
+from aisdl.errors import AisdlError
 
 if TYPE_CHECKING:  # the web stack loads only in the node process, not in every `ais` command
     from aiohttp import web
+
+LOCK_FILE = "node.lock"
+BACKLOG = 128  # aiohttp's own default
 
 
 def setup_logging() -> None:
@@ -24,31 +36,84 @@ def setup_logging() -> None:
 
 
 def run_node(config: NodeConfig) -> None:
-    """Serve until SIGTERM/SIGINT; the app's cleanup contexts stop jobs and close the database."""
+    """Serve until SIGTERM/SIGINT; the app's cleanup contexts stop jobs and close the database.
+    Raises AisdlError (one line for the CLI) when the home or the port is taken."""
     from aisdl.api.app import create_app
 
-    config.home.mkdir(parents=True, exist_ok=True)
-    setup_logging()
-    runner = asyncio.run
-    if config.event_loop == "uvloop":
-        import uvloop
-
-        runner = uvloop.run
     try:
-        runner(_serve(create_app(config), config))
-    except KeyboardInterrupt:
-        pass
+        config.home.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise AisdlError(f"cannot create the node's home {config.home}: {exc.strerror or exc}"
+                         ) from None
+    lock = lock_home(config.home, config.endpoint)
+    try:
+        sock = listen(config.host, config.port)
+        setup_logging()
+        runner = asyncio.run
+        if config.event_loop == "uvloop":
+            import uvloop
+
+            runner = uvloop.run
+        try:
+            runner(_serve(create_app(config), sock))
+        except KeyboardInterrupt:
+            pass
+    finally:
+        os.close(lock)  # releases the lock (the process's end would too, even on SIGKILL)
 
 
-async def _serve(app: web.Application, config: NodeConfig) -> None:
+def lock_home(home: Path, endpoint: str) -> int:
+    """Hold HOME/node.lock (flock, released when the process ends however it ends) and write
+    our pid and endpoint in it. Returns its descriptor; a second node gets the first's name."""
+    try:
+        fd = os.open(home / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise AisdlError(f"cannot use {home} as the node's home: {exc.strerror or exc}") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 200, 0).decode(errors="replace").split()
+        os.close(fd)
+        who = f"pid {holder[0]}, {holder[1]}" if len(holder) == 2 else "starting"
+        raise AisdlError(f"another node ({who}) is running with home {home}; stop it first"
+                         " (`ais node stop`) or give this one another --home") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()} {endpoint}\n".encode(), 0)
+    return fd
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """The node's listening socket, bound before anything in the home is opened."""
+    sock: socket.socket | None = None
+    try:
+        family, kind, proto, _, addr = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+        sock = socket.socket(family, kind, proto)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(addr)
+        sock.listen(BACKLOG)
+    except OSError as exc:
+        if sock is not None:
+            sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise AisdlError(f"port {port} on {host} is in use (another node or program);"
+                             " choose another with --port") from None
+        raise AisdlError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    return sock
+
+
+async def _serve(app: web.Application, sock: socket.socket) -> None:
     from aiohttp import web
+
+    from aisdl.api import keys
 
     runner = web.AppRunner(app, handle_signals=False, access_log=None)
     await runner.setup()
-    site = web.TCPSite(runner, config.host, config.port, reuse_address=True)
-    await site.start()
+    await web.SockSite(runner, sock).start()
+    config = app[keys.CONFIG]
     logging.getLogger("aisdl").info(
         "node listening on %s (home %s)", config.endpoint, config.home)
+    app[keys.JOBS].resume_in_background()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

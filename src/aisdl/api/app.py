@@ -41,7 +41,7 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     store = Store(db, list(config.data_dirs), app[keys.NODE_ID])
     jobs = JobManager(config, db, store)
     app[keys.DB], app[keys.STORE], app[keys.JOBS] = db, store, jobs
-    await jobs.start()  # cleans leftover work files and resumes unfinished jobs
+    await jobs.start()  # cleans leftover work files; jobs resume once the node serves
     try:
         yield
     finally:

@@ -1,4 +1,8 @@
-"""All download jobs of the node: create, resume after a restart, status, abort, remove."""
+"""All download jobs of the node: create, resume after a restart, status, abort, remove.
+
+Unfinished jobs resume only once the node answers (`resume_in_background`), each on its own:
+nothing a stored job holds can keep the node from serving, and a job that cannot resume is
+recorded as that job's error."""
 
 from __future__ import annotations
 
@@ -14,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from aisdl.config import NodeConfig
 from aisdl.db import Database
 from aisdl.engine.pool import FetchPool
-from aisdl.errors import BadRequest, NotFound
+from aisdl.errors import BadRequest, DatabaseRefused, NotFound
 from aisdl.jobs import records
 from aisdl.jobs.records import Counters, Cursor
 from aisdl.jobs.request import JobSpec, check_regex
@@ -27,6 +31,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("aisdl.jobs")
 _ID_ALPHABET = "abcdefghijkmnopqrstuvwxyzABCDEFGHJKLMNPQRSTUVWXYZ23456789"
+RESUME_RETRY_MAX = 5.0  # seconds between tries at most, while the database refuses to list jobs
 
 
 def new_job_id() -> str:
@@ -43,18 +48,75 @@ class JobManager:
         self.config, self.db, self.store = config, db, store
         self.runs: dict[str, JobRun] = {}
         self._fetcher: FetchPool | None = None
+        self._resuming: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
+        """Before the node serves: the fetch workers, and no work files but those of unfinished
+        jobs (before any new job can make some)."""
         self._fetcher = FetchPool(self.config, self.config.fetch_procs)
         await self._fetcher.start()
         rows = await self.db.run(records.unfinished_jobs)
         await asyncio.get_running_loop().run_in_executor(
             None, self.store.clean_work, {r["id"] for r in rows})
+
+    def resume_in_background(self) -> None:
+        """Once the node serves: resume unfinished jobs."""
+        self._resuming = asyncio.create_task(self._resume_logged(), name="resume jobs")
+
+    async def _resume_logged(self) -> None:
+        try:
+            await self._resume()
+        except Exception:  # the node serves on; what did not resume resumes at the next start
+            log.exception("resuming the unfinished jobs failed")
+
+    async def _resume(self) -> None:
+        delay = 0.25
+        while True:
+            try:
+                rows = await self.db.run(records.unfinished_jobs)
+                break
+            except DatabaseRefused as err:
+                log.error("cannot list the jobs to resume (%s); trying again", err.message)
+                await asyncio.sleep(delay)
+                delay = min(2 * delay, RESUME_RETRY_MAX)
+        # All launches before the next await: an abort that reaches the database after the
+        # rows were read finds its job running (see `abort`).
+        aborted: list[sqlite3.Row] = []
+        failed: list[tuple[sqlite3.Row, str]] = []
         for row in rows:
-            log.info("resuming job %s (%s)", row["id"], row["description"])
-            self._launch(row["id"], JobSpec.from_json(row["spec"]), row)
-            if row["aborted"]:  # aborted just before a crash: finish the abort
-                await self.runs[row["id"]].abort()
+            if row["id"] in self.runs:
+                continue
+            if row["aborted"]:  # the abort was recorded, then the node stopped: finish it
+                aborted.append(row)
+                continue
+            try:
+                log.info("resuming job %s (%s)", row["id"], row["description"])
+                self._launch(row["id"], JobSpec.from_json(row["spec"]), row)
+            except Exception as exc:  # noqa: BLE001 - a record this node cannot read
+                log.exception("cannot resume job %s", row["id"])
+                self.runs.pop(row["id"], None)
+                failed.append((row, f"cannot resume the job: {type(exc).__name__}: {exc}"))
+        for row, error in failed:
+            await self._fail(row, error)
+        for row in aborted:
+            await self._finish_abort(row)
+
+    async def _fail(self, row: sqlite3.Row, error: str) -> None:
+        now = time.time_ns()
+        try:
+            await self.db.run(lambda c: records.fail_job(c, row["id"], row["id"], error, now))
+        except DatabaseRefused as err:  # it stays unfinished: the next start tries again
+            log.error("job %s: cannot record that it cannot resume (%s)", row["id"], err.message)
+
+    async def _finish_abort(self, row: sqlite3.Row) -> None:
+        job_id, now, dispatched = row["id"], time.time_ns(), bool(row["all_dispatched"])
+        log.info("job %s was aborted before the node stopped: finishing the abort", job_id)
+        try:
+            await self.db.run(lambda c: records.mark_finished(c, job_id, now, True, dispatched))
+        except DatabaseRefused as err:  # it stays aborted on disk: the next start finishes it
+            log.error("job %s: cannot record the end of its abort (%s)", job_id, err.message)
+            return
+        await asyncio.get_running_loop().run_in_executor(None, self.store.drop_work, job_id)
 
     @property
     def cloud(self) -> CloudSource:
@@ -63,14 +125,18 @@ class JobManager:
         return cloud
 
     async def close(self) -> None:
+        if self._resuming is not None:
+            self._resuming.cancel()
+            await asyncio.gather(self._resuming, return_exceptions=True)
         await asyncio.gather(*(r.shutdown() for r in self.runs.values()))
         if self._fetcher is not None:
             await self._fetcher.aclose()
 
     def _launch(self, job_id: str, spec: JobSpec, row: sqlite3.Row | dict[str, Any]) -> JobRun:
         assert self._fetcher is not None
+        node_limit = self.config.max_connections  # also for records from before limits were
         run = JobRun(job_id, spec, db=self.db, store=self.store, fetcher=self._fetcher,
-                     workers=spec.connections or self.config.max_connections,
+                     workers=min(spec.connections or node_limit, node_limit),  # checked
                      counters=Counters(row["finished_cnt"], row["skipped"], row["errors"]),
                      cursor=Cursor.from_json(row["cursor"]), started_ns=row["started"])
         self.runs[job_id] = run
@@ -101,19 +167,25 @@ class JobManager:
         return remote
 
     async def abort(self, job_id: str) -> None:
+        """The abort goes to disk first: a node that stops while carrying it out, however it
+        stops, finishes the abort when it starts again instead of resuming the job."""
+        row = await self.db.run(lambda c: records.get_job(c, job_id))
+        if row is None:
+            raise self._not_found(job_id)
+        if row["finished"]:
+            return  # aborting a finished job changes nothing (upstream would flip it to "aborted")
+        await self.db.run(lambda c: records.mark_aborted(c, job_id))
         run = self._live(job_id)
         if run is not None:
             await run.abort()
-            return
-        if await self.db.run(lambda c: records.get_job(c, job_id)) is None:
-            raise self._not_found(job_id)
-        # Aborting a finished job changes nothing (upstream would flip it to "aborted").
+        # else: not resumed yet; `_resume` finishes the abort it finds on disk
 
     async def remove(self, job_id: str) -> None:
-        if self._live(job_id) is not None:
-            raise BadRequest(f'job "{job_id}" is still running')
-        if await self.db.run(lambda c: records.get_job(c, job_id)) is None:
+        row = await self.db.run(lambda c: records.get_job(c, job_id))
+        if row is None:
             raise self._not_found(job_id)
+        if self._live(job_id) is not None or not row["finished"]:  # (or not resumed yet)
+            raise BadRequest(f'job "{job_id}" is still running')
         await self.db.run(lambda c: records.delete_job(c, job_id))
         self.runs.pop(job_id, None)
 

@@ -83,7 +83,17 @@ def mark_finished(conn: sqlite3.Connection, job_id: str, finished_ns: int, abort
 
 
 def mark_aborted(conn: sqlite3.Connection, job_id: str) -> None:
-    conn.execute("UPDATE jobs SET aborted = 1 WHERE id = ?", (job_id,))
+    """The abort is decided (a job that has finished meanwhile stays as it ended)."""
+    conn.execute("UPDATE jobs SET aborted = 1 WHERE id = ? AND finished = 0", (job_id,))
+
+
+def fail_job(conn: sqlite3.Connection, job_id: str, name: str, error: str,
+             finished_ns: int) -> None:
+    """The job cannot run at all: one error of the job itself, and it is over."""
+    conn.execute("INSERT INTO job_errors (job_id, name, error) VALUES (?,?,?)",
+                 (job_id, name, error))
+    conn.execute("UPDATE jobs SET errors = errors + 1, finished = ? WHERE id = ?",
+                 (finished_ns, job_id))
 
 
 def get_job(conn: sqlite3.Connection, job_id: str) -> sqlite3.Row | None:

@@ -55,6 +55,7 @@ class Item:
     link: str
     listed: SourceObject | None = None  # validators from a bucket listing (backend jobs)
     evict: bool = False                 # sync: the source no longer has it; drop our copy
+    error: str = ""                     # why it cannot be downloaded (its name is refused)
 
 
 @dataclass(frozen=True)
@@ -103,7 +104,12 @@ class JobSpec:
                 yield Item(i, *self.objects[i])
         else:
             for i, link in enumerate(RangeTemplate(self.template).iter_from(start), start):
-                yield Item(i, range_name(self.subdir, link), with_scheme(link))
+                try:
+                    name, error = range_name(self.subdir, link), ""
+                except BadRequest as exc:  # only the first name is checked up front
+                    name = posixpath.join(self.subdir.strip("/"), base_name(link)).lstrip("/")
+                    error = exc.message
+                yield Item(i, name, with_scheme(link), error=error)
 
     def to_json(self) -> str:
         """The normalized request, stored with the job so it can resume after a restart."""

@@ -114,6 +114,8 @@ class JobRun:
         """Stop now: in-flight transfers are cancelled and discarded; what is done stays."""
         self.aborted = True
         await self._stop()
+        if not self.finished_ns:  # cancelled before it ever ran: its `_run` could not finish it
+            await self._finish()
 
     async def shutdown(self) -> None:
         """Node stopping: keep partial work files so the job resumes where it was."""
@@ -146,9 +148,9 @@ class JobRun:
             else:
                 await self._flush()  # node stopping: keep what is done, resume the rest later
             raise
-        except Exception:
+        except Exception as exc:
             log.exception("job %s stopped by an internal error", self.id)
-            await self._finish()
+            await self._finish(stopped_by=_describe(exc))
         finally:
             flusher.cancel()
 
@@ -163,9 +165,7 @@ class JobRun:
                     batch = []
         except SourceError as err:  # the listing failed: one error for the job, not silence
             await self._dispatch(batch, queue)
-            source = self.spec.source.cname if self.spec.source else self.spec.bucket.cname
-            self._batch.append(Outcome(Item(-1, source, ""), TaskState(source),
-                                       error=f"listing failed: {err.message}"))
+            self._batch.append(self._job_error(f"listing failed: {err.message}"))
             return
         await self._dispatch(batch, queue)
         self.all_dispatched = True
@@ -173,7 +173,8 @@ class JobRun:
     async def _dispatch(self, batch: list[Item],
                         queue: WorkQueue) -> None:
         """Hand items to the workers with what we already store of each (one query a batch)."""
-        stored = await self.store.lookup_many(self.spec.bucket, [i.name for i in batch])
+        stored = await self.store.lookup_many(
+            self.spec.bucket, [i.name for i in batch if not i.error])
         for item in batch:
             await queue.put((item, stored.get(item.name)))
 
@@ -206,12 +207,19 @@ class JobRun:
                 self._room.clear()
                 await self._room.wait()
 
+    def _job_error(self, message: str) -> Outcome:
+        """An error of the job itself, not of one of its files: named after its source."""
+        source = self.spec.source.cname if self.spec.source else self.spec.bucket.cname
+        return Outcome(Item(-1, source, ""), TaskState(source), error=message)
+
     def _work_path(self, item: Item) -> str:
         return self.store.work_file(self.spec.bucket, item.name, self.id, f".{item.index}")
 
     async def _download(self, item: Item, stored: ObjectAttrs | None,
                         task: TaskState) -> Outcome:
         bucket = self.spec.bucket
+        if item.error:
+            return Outcome(item, task, error=item.error)
         try:
             check_object_name(item.name)
             if item.evict:
@@ -234,6 +242,11 @@ class JobRun:
         except OSError as err:
             discard(self._work_path(item))
             return Outcome(item, task, error=f"cannot write the object: {err.strerror or err}")
+        except Exception as exc:  # a bug met by one file must not stop the other files
+            log.exception("job %s: %s failed on an internal error", self.id, item.name)
+            with contextlib.suppress(OSError):
+                discard(self._work_path(item))
+            return Outcome(item, task, error=f"internal error: {_describe(exc)}")
         if got.unchanged:
             return Outcome(item, task, skipped=True)
         return Outcome(item, task, work=req.work, size=got.size, cksum=got.cksum,
@@ -255,26 +268,53 @@ class JobRun:
             except TimeoutError:
                 pass
             self._flush_now.clear()
-            await self._flush()
+            try:
+                await self._flush()
+            except Exception:  # what it held is missing from the counts: `_finish` says so
+                log.exception("job %s: recording outcomes failed", self.id)
 
     async def _flush(self) -> bool:
         """Record the outcomes so far. False when the database refused them: they stay queued,
         in order, for the next try."""
         async with self._flushing:
             batch, self._batch = self._batch, []
-            if batch:
-                with self._counts_lock:
-                    self._recording += len(batch)
-                stored = await self._in_db(lambda conn: self._record(conn, batch),
-                                           f"{len(batch)} outcomes",
-                                           then=lambda state: self._recorded(len(batch), state))
-                if not stored:
-                    with self._counts_lock:
-                        self._recording -= len(batch)
-                    self._batch[:0] = batch
-                    return False
+            if batch and (left := await self._store(batch)):
+                self._batch[:0] = left
+                return False
         self._room.set()
         return True
+
+    async def _store(self, batch: list[Outcome], *, last_try: bool = False) -> list[Outcome]:
+        """Record `batch` in one transaction; returns what the database refused (to try again).
+        A batch that fails otherwise (a constraint, a bug) is recorded outcome by outcome, and
+        an outcome that cannot be recorded becomes that file's error: no count is ever lost."""
+        with self._counts_lock:
+            self._recording += len(batch)
+        try:
+            stored = await self._in_db(lambda conn: self._record(conn, batch),
+                                       f"{len(batch)} outcomes",
+                                       then=lambda state: self._recorded(len(batch), state))
+        except Exception as exc:
+            with self._counts_lock:
+                self._recording -= len(batch)
+            if last_try:
+                raise
+            if len(batch) > 1:
+                log.error("job %s: cannot record %d outcomes together (%s); one by one now",
+                          self.id, len(batch), _describe(exc))
+                for i, o in enumerate(batch):
+                    if await self._store([o]):
+                        return batch[i:]
+                return []
+            [o] = batch
+            log.exception("job %s: cannot record %s", self.id, o.item.name)
+            o.work, o.error = None, f"cannot record the object: {_describe(exc)}"
+            return await self._store(batch, last_try=True)
+        if not stored:
+            with self._counts_lock:
+                self._recording -= len(batch)
+            return batch
+        return []
 
     def _recorded(self, size: int, state: tuple[Counters, Cursor]) -> None:
         """On the database thread, once a batch has committed: the next batch starts from its
@@ -339,7 +379,20 @@ class JobRun:
         records.save_progress(conn, self.id, counters, cursor, errors, tasks)
         return counters, cursor
 
-    async def _finish(self) -> None:
+    async def _finish(self, stopped_by: str = "") -> None:
+        """Record the last outcomes and the end of the job. A job that stopped early, or whose
+        counts do not add up to its total, says so in its error list: never a silent gap."""
+        await self._patiently(self._flush)
+        c = self.counters
+        if stopped_by:
+            left = f"; {self.total - c.finished - c.errors} of {self.total} files not done" \
+                if self.total >= 0 else ""
+            self._batch.append(self._job_error(
+                f"the job stopped on an internal error ({stopped_by}){left}; see the node's log"))
+        elif gap := count_gap(self.total, c, aborted=self.aborted,
+                              all_dispatched=self.all_dispatched):
+            log.error("job %s: counts do not add up: %s", self.id, gap)
+            self._batch.append(self._job_error(f"counts do not add up: {gap}; see the node's log"))
         await self._patiently(self._flush)
         finished, aborted, dispatched = time.time_ns(), self.aborted, self.all_dispatched
         await self._patiently(lambda: self._in_db(
@@ -347,3 +400,22 @@ class JobRun:
             "the end of the job"))
         self.finished_ns = finished  # only now: status reads finished jobs from the database
         await asyncio.get_running_loop().run_in_executor(None, self.store.drop_work, self.id)
+
+
+def count_gap(total: int, counters: Counters, *, aborted: bool, all_dispatched: bool) -> str:
+    """How a job that ran to its end misses `finished + errors == total` ("" when it does not,
+    or when the rule does not apply: an aborted job, one stopped early, an unknown total)."""
+    if aborted or not all_dispatched or total < 0:
+        return ""
+    done = counters.finished + counters.errors
+    if done == total:
+        return ""
+    what = f"{total - done} without an outcome" if done < total else f"{done - total} counted twice"
+    return f"{counters.finished} finished + {counters.errors} errors of {total} files: {what}"
+
+
+def _describe(exc: BaseException) -> str:
+    """One line for an unexpected exception (the first of a group): its type and message."""
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
