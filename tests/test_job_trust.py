@@ -217,7 +217,7 @@ def test_a_second_node_on_the_same_home_refuses_to_start(origin, node):
                             "template": origin.url_for("/d/") + "f{00..29}",
                             "limits": {"connections": 4}})
     second = serve(node.home, free_port())
-    assert second.returncode == 1
+    assert second.returncode == 2  # a command that failed (README: exit codes)
     assert second.stdout == ""
     [line] = second.stderr.splitlines()
     assert line.startswith("Error: ") and "Traceback" not in second.stderr
@@ -236,7 +236,7 @@ def test_serve_on_a_busy_port_says_so_in_one_line(tmp_path):
         busy.listen()
         port = busy.getsockname()[1]
         result = serve(tmp_path / "home", port)
-    assert result.returncode == 1
+    assert result.returncode == 2
     assert result.stderr.splitlines() == [
         f"Error: port {port} on 127.0.0.1 is in use (another node or program);"
         " choose another with --port"], result.stderr
