@@ -1,10 +1,19 @@
-"""Per-job limits: a smooth token bucket for bytes per hour."""
+"""Limits on transfers: a smooth token bucket for a job's bytes per hour, and the node's slots
+shared fairly by jobs and politely by source hosts."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import itertools
 import time
-from collections.abc import Callable
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Hashable
+from dataclasses import dataclass
+
+from aisdl.engine.hostlimit import HostLimit
+
+MAX_HOSTS = 4096  # hosts whose limits are remembered; idle ones are forgotten beyond that
 
 
 class TokenBucket:
@@ -44,3 +53,139 @@ class TokenBucket:
     def charge(self, n: int) -> None:
         self._refill()
         self._tokens -= n
+
+
+# A throttled job's rate bounds it, not its concurrency: a few transfers keep its bytes flowing,
+# and each one holds a slot of the node for as long as it trickles.
+THROTTLED_CONNECTIONS = 4
+
+
+@dataclass
+class Ticket:
+    """One slot held by a transfer; `strained` is what the transfer showed of its host (see
+    HostLimit.end), set before the slot is given back."""
+
+    job: Hashable
+    host: str
+    epoch: int
+    strained: bool | None = None
+
+    def answered(self) -> None:
+        """The transfer ended with an answer of its host: no overload seen means it kept up."""
+        if self.strained is None:
+            self.strained = False
+
+
+class FairSlots:
+    """The node's transfer slots (`--max-conns`), shared fairly by jobs and politely by hosts.
+
+    A freed slot goes to the job holding the fewest (the one served longest ago among equals),
+    whatever the number of its workers: a job with 64 workers waiting cannot starve one with 4.
+    A job only gets a slot for a host whose adaptive limit has room, so waiting for a busy host
+    holds no slot of the node.
+    """
+
+    def __init__(self, total: int, per_host: int,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.total = max(1, total)
+        self.per_host = max(1, min(per_host, self.total))
+        self.used = 0
+        self.hosts: dict[str, HostLimit] = {}
+        self.held: dict[Hashable, int] = {}
+        self._waiting: dict[Hashable, dict[str, deque[asyncio.Future[int]]]] = {}
+        self._served: dict[Hashable, int] = {}
+        self._turns = itertools.count()
+        self._clock = clock
+
+    def __repr__(self) -> str:
+        return (f"<FairSlots {self.used}/{self.total} jobs={len(self.held)} "
+                f"waiting={sum(len(q) for h in self._waiting.values() for q in h.values())}>")
+
+    def host(self, host: str) -> HostLimit:
+        limit = self.hosts.get(host)
+        if limit is None:
+            if len(self.hosts) >= MAX_HOSTS:  # forget what idle hosts taught us
+                for key in [k for k, v in self.hosts.items() if not v.in_flight]:
+                    del self.hosts[key]
+            limit = self.hosts[host] = HostLimit(self.per_host, clock=self._clock)
+        return limit
+
+    @contextlib.asynccontextmanager
+    async def take(self, job: Hashable, host: str) -> AsyncIterator[Ticket]:
+        """Hold one slot for a transfer of `job` from `host`."""
+        ticket = Ticket(job, host, await self._acquire(job, host))
+        try:
+            yield ticket
+        finally:
+            self._release(ticket)
+
+    async def _acquire(self, job: Hashable, host: str) -> int:
+        waiter: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._waiting.setdefault(job, {}).setdefault(host, deque()).append(waiter)
+        self._dispatch()
+        try:
+            return await waiter
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():  # granted, then cancelled
+                self._release(Ticket(job, host, waiter.result()))
+            else:
+                self._forget(job, host, waiter)
+            raise
+
+    def strained(self, ticket: Ticket) -> None:
+        """The transfer holding `ticket` showed that its host is overloaded."""
+        ticket.strained = True
+        self.hosts[ticket.host].back_off(ticket.epoch)
+
+    def _release(self, ticket: Ticket) -> None:
+        self.used -= 1
+        left = self.held[ticket.job] - 1
+        if left:
+            self.held[ticket.job] = left
+        else:
+            del self.held[ticket.job]
+            if ticket.job not in self._waiting:
+                self._served.pop(ticket.job, None)
+        self.hosts[ticket.host].end(ticket.epoch, ticket.strained)
+        self._dispatch()
+
+    def _dispatch(self) -> None:
+        while self.used < self.total and self._waiting:
+            order = sorted(self._waiting, key=lambda j: (self.held.get(j, 0),
+                                                         self._served.get(j, -1)))
+            if not any(self._grant(job) for job in order):
+                return  # every waiting host is at its limit
+
+    def _grant(self, job: Hashable) -> bool:
+        """Start the longest-waiting transfer of `job` whose host has room."""
+        hosts = self._waiting[job]
+        for host in list(hosts):
+            queue = hosts[host]
+            while queue and queue[0].done():  # cancelled; its task has not yet run to say so
+                queue.popleft()
+            granted = bool(queue) and self.host(host).has_room()
+            if granted:
+                waiter = queue.popleft()
+                self.used += 1
+                self.held[job] = self.held.get(job, 0) + 1
+                self._served[job] = next(self._turns)
+                waiter.set_result(self.hosts[host].begin())
+            self._forget(job, host, None)
+            if granted:
+                return True
+        return False
+
+    def _forget(self, job: Hashable, host: str, waiter: asyncio.Future[int] | None) -> None:
+        """Take `waiter` out of its queue (None: only tidy up), and queues that are empty."""
+        hosts = self._waiting.get(job)
+        if hosts is None or host not in hosts:
+            return
+        if waiter is not None:
+            with contextlib.suppress(ValueError):
+                hosts[host].remove(waiter)
+        if not hosts[host]:
+            del hosts[host]
+        if not hosts:
+            del self._waiting[job]
+            if job not in self.held:
+                self._served.pop(job, None)
