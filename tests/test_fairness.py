@@ -7,6 +7,7 @@ then real nodes against real servers on 127.0.0.1."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import struct
 import threading
@@ -16,9 +17,12 @@ from pathlib import Path
 
 import pytest
 
+from aisdl.config import NodeConfig, RetryPolicy
+from aisdl.engine.fetch import Fetcher, FetchRequest
 from aisdl.engine.hostlimit import START, HostLimit, host_of, overloaded, slow_connect
 from aisdl.engine.limits import FairSlots
 from aisdl.errors import SourceError
+from aisdl.sources.registry import Sources
 from conftest import Node
 from helpers import free_port, wait_job
 from origin import payload
@@ -121,6 +125,62 @@ def test_slow_connects_and_host_keys() -> None:
         False, False, False, True, True]
     assert host_of("HTTP://Example.COM:8080/a/b?c") == "http://example.com:8080"
     assert host_of("s3://bucket/key") == "s3://bucket"
+    assert host_of("https://user:secret@Host/x") == "https://host"
+
+
+# -- a dropped SYN is a sign of overload ------------------------------------------------------
+class Events:
+    def __init__(self) -> None:
+        self.strains = 0
+
+    def started(self, offset: int, total: int | None) -> None:
+        pass
+
+    def advanced(self, nbytes: int) -> None:
+        pass
+
+    def strained(self) -> None:
+        self.strains += 1
+
+
+def _serve_later(listener: socket.socket, after: float) -> None:
+    """Accept nothing for `after` seconds (the listen backlog stays full), then answer each
+    request with a small body."""
+    time.sleep(after)
+    listener.settimeout(5)
+    with contextlib.suppress(OSError):  # closed at the end of the test
+        while True:
+            conn, _ = listener.accept()
+            with conn, contextlib.suppress(OSError):
+                conn.settimeout(0.5)  # the connection that filled the backlog says nothing
+                conn.recv(65536)
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close"
+                             b"\r\n\r\nok")
+
+
+@pytest.mark.parametrize("backlog_full", [False, True])
+async def test_a_dropped_syn_counts_as_overload(tmp_path: Path, backlog_full: bool) -> None:
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)  # one connection waiting to be accepted fills it
+    filler = socket.create_connection(listener.getsockname()) if backlog_full else None
+    server = threading.Thread(target=_serve_later, args=(listener, 1.3 if backlog_full else 0),
+                              daemon=True)
+    server.start()
+    sources = Sources.open(NodeConfig(home=tmp_path), 4)
+    events = Events()
+    try:
+        req = FetchRequest(link=f"http://127.0.0.1:{listener.getsockname()[1]}/f",
+                           work=str(tmp_path / "f.work"))
+        got = await Fetcher(sources, RetryPolicy()).fetch(req, events)
+    finally:
+        await sources.aclose()
+        if filler is not None:
+            filler.close()
+        listener.close()
+    assert got.size == 2
+    # the kernel dropped our SYN while the backlog was full and the connect took a second
+    assert events.strains == (1 if backlog_full else 0)
 
 
 # -- the node's slots: fair between jobs, no slot held while waiting for a host --------------

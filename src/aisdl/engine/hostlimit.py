@@ -34,9 +34,10 @@ _OVERLOAD = re.compile(
 
 
 def host_of(link: str) -> str:
-    """The key a link's transfers are limited under: scheme and host[:port]."""
+    """The key a link's transfers are limited under: scheme and host[:port] (never a user or
+    password in the link: the key is logged)."""
     parts = urlsplit(link)
-    return f"{parts.scheme.lower()}://{parts.netloc.lower()}"
+    return f"{parts.scheme.lower()}://{parts.netloc.rpartition('@')[2].lower()}"
 
 
 def overloaded(err: SourceError) -> bool:
@@ -64,6 +65,7 @@ class HostLimit:
         self.in_flight = 0
         self.epoch = 0
         self.probing = True  # no overload seen yet: one more per success
+        self.lowest = self.allowed
         self._clock = clock
         self._round_at = clock()
         self._round_base = self.limit
@@ -84,13 +86,19 @@ class HostLimit:
         self.in_flight += 1
         return self.epoch
 
-    def back_off(self, epoch: int) -> None:
-        """A transfer begun in `epoch` showed that the host is overloaded (it may still run)."""
-        if epoch == self.epoch:
-            self.limit = float(max(1, math.floor(self.limit / 2)))
-            self.epoch += 1
-            self.probing = False
-            self._new_round(self._clock())
+    def back_off(self, epoch: int) -> bool:
+        """A transfer begun in `epoch` showed that the host is overloaded (it may still run).
+        True when the limit is lower than it has ever been."""
+        if epoch != self.epoch:
+            return False
+        self.limit = float(max(1, math.floor(self.limit / 2)))
+        self.epoch += 1
+        self.probing = False
+        self._new_round(self._clock())
+        if self.allowed < self.lowest:
+            self.lowest = self.allowed
+            return True
+        return False
 
     def end(self, epoch: int, strained: bool | None) -> None:
         """A transfer ended: `strained` says whether it showed overload, None that it says

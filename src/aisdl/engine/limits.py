@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import logging
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Hashable
@@ -13,6 +14,7 @@ from dataclasses import dataclass
 
 from aisdl.engine.hostlimit import HostLimit
 
+log = logging.getLogger("aisdl.engine")
 MAX_HOSTS = 4096  # hosts whose limits are remembered; idle ones are forgotten beyond that
 
 
@@ -135,7 +137,10 @@ class FairSlots:
     def strained(self, ticket: Ticket) -> None:
         """The transfer holding `ticket` showed that its host is overloaded."""
         ticket.strained = True
-        self.hosts[ticket.host].back_off(ticket.epoch)
+        limit = self.hosts[ticket.host]
+        if limit.back_off(ticket.epoch):  # said once per new low: a few lines per host at most
+            log.info("%s shows overload (refused or reset connections, dropped SYNs, 503 or "
+                     "429): at most %d transfers at once from it", ticket.host, limit.allowed)
 
     def _release(self, ticket: Ticket) -> None:
         self.used -= 1
