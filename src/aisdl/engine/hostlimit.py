@@ -62,6 +62,7 @@ class HostLimit:
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.cap = max(1, cap)
         self.limit = float(min(start, self.cap))
+        self.allowed = int(self.limit)  # transfers at once: the limit, whole
         self.in_flight = 0
         self.epoch = 0
         self.probing = True  # no overload seen yet: one more per success
@@ -73,10 +74,6 @@ class HostLimit:
     def __repr__(self) -> str:
         return (f"<HostLimit {self.allowed}/{self.cap} in_flight={self.in_flight} "
                 f"epoch={self.epoch} probing={self.probing}>")
-
-    @property
-    def allowed(self) -> int:
-        return int(self.limit)
 
     def has_room(self) -> bool:
         return self.in_flight < self.allowed
@@ -91,7 +88,7 @@ class HostLimit:
         True when the limit is lower than it has ever been."""
         if epoch != self.epoch:
             return False
-        self.limit = float(max(1, math.floor(self.limit / 2)))
+        self._set(max(1, math.floor(self.limit / 2)))
         self.epoch += 1
         self.probing = False
         self._new_round(self._clock())
@@ -111,11 +108,16 @@ class HostLimit:
             self._grow()
 
     def _grow(self) -> None:
+        if self.limit >= self.cap:
+            return
         now = self._clock()
         if now - self._round_at >= ROUND:
             self._new_round(now)
         step = 1.0 if self.probing else 1.0 / self.allowed  # one more per `allowed` that kept up
-        self.limit = min(float(self.cap), 2 * self._round_base, self.limit + step)
+        self._set(min(self.cap, 2 * self._round_base, self.limit + step))
+
+    def _set(self, limit: float) -> None:
+        self.limit, self.allowed = float(limit), int(limit)
 
     def _new_round(self, now: float) -> None:
         self._round_at, self._round_base = now, self.limit

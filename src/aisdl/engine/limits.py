@@ -9,7 +9,7 @@ import itertools
 import logging
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Hashable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 
 from aisdl.engine.hostlimit import HostLimit
@@ -62,7 +62,7 @@ class TokenBucket:
 THROTTLED_CONNECTIONS = 4
 
 
-@dataclass
+@dataclass(slots=True)
 class Ticket:
     """One slot held by a transfer; `strained` is what the transfer showed of its host (see
     HostLimit.end), set before the slot is given back."""
@@ -76,6 +76,23 @@ class Ticket:
         """The transfer ended with an answer of its host: no overload seen means it kept up."""
         if self.strained is None:
             self.strained = False
+
+
+class _Held:
+    """A slot held for the length of an `async with` (a plain class: this runs per transfer,
+    and a generator-based context manager costs several times as much)."""
+
+    __slots__ = ("host", "job", "slots", "ticket")
+
+    def __init__(self, slots: FairSlots, job: Hashable, host: str) -> None:
+        self.slots, self.job, self.host = slots, job, host
+
+    async def __aenter__(self) -> Ticket:
+        self.ticket = await self.slots.acquire(self.job, self.host)
+        return self.ticket
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.slots.release(self.ticket)
 
 
 class FairSlots:
@@ -94,7 +111,7 @@ class FairSlots:
         self.used = 0
         self.hosts: dict[str, HostLimit] = {}
         self.held: dict[Hashable, int] = {}
-        self._waiting: dict[Hashable, dict[str, deque[asyncio.Future[int]]]] = {}
+        self._waiting: dict[Hashable, dict[str, deque[asyncio.Future[Ticket]]]] = {}
         self._served: dict[Hashable, int] = {}
         self._turns = itertools.count()
         self._clock = clock
@@ -112,24 +129,23 @@ class FairSlots:
             limit = self.hosts[host] = HostLimit(self.per_host, clock=self._clock)
         return limit
 
-    @contextlib.asynccontextmanager
-    async def take(self, job: Hashable, host: str) -> AsyncIterator[Ticket]:
-        """Hold one slot for a transfer of `job` from `host`."""
-        ticket = Ticket(job, host, await self._acquire(job, host))
-        try:
-            yield ticket
-        finally:
-            self._release(ticket)
+    def take(self, job: Hashable, host: str) -> _Held:
+        """`async with slots.take(job, host) as ticket:` holds one slot for a transfer of
+        `job` from `host`."""
+        return _Held(self, job, host)
 
-    async def _acquire(self, job: Hashable, host: str) -> int:
-        waiter: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+    async def acquire(self, job: Hashable, host: str) -> Ticket:
+        limit = self.host(host)
+        if not self._waiting and self.used < self.total and limit.has_room():
+            return self._start(job, host, limit)  # nobody waits: no turn to take
+        waiter: asyncio.Future[Ticket] = asyncio.get_running_loop().create_future()
         self._waiting.setdefault(job, {}).setdefault(host, deque()).append(waiter)
         self._dispatch()
         try:
             return await waiter
         except asyncio.CancelledError:
             if waiter.done() and not waiter.cancelled():  # granted, then cancelled
-                self._release(Ticket(job, host, waiter.result()))
+                self.release(waiter.result())
             else:
                 self._forget(job, host, waiter)
             raise
@@ -142,7 +158,7 @@ class FairSlots:
             log.info("%s shows overload (refused or reset connections, dropped SYNs, 503 or "
                      "429): at most %d transfers at once from it", ticket.host, limit.allowed)
 
-    def _release(self, ticket: Ticket) -> None:
+    def release(self, ticket: Ticket) -> None:
         self.used -= 1
         left = self.held[ticket.job] - 1
         if left:
@@ -152,13 +168,23 @@ class FairSlots:
             if ticket.job not in self._waiting:
                 self._served.pop(ticket.job, None)
         self.hosts[ticket.host].end(ticket.epoch, ticket.strained)
-        self._dispatch()
+        if self._waiting:
+            self._dispatch()
+
+    def _start(self, job: Hashable, host: str, limit: HostLimit) -> Ticket:
+        self.used += 1
+        self.held[job] = self.held.get(job, 0) + 1
+        self._served[job] = next(self._turns)
+        return Ticket(job, host, limit.begin())
 
     def _dispatch(self) -> None:
         while self.used < self.total and self._waiting:
-            order = sorted(self._waiting, key=lambda j: (self.held.get(j, 0),
-                                                         self._served.get(j, -1)))
-            if not any(self._grant(job) for job in order):
+            order = list(self._waiting) if len(self._waiting) == 1 else sorted(
+                self._waiting, key=lambda j: (self.held.get(j, 0), self._served.get(j, -1)))
+            for job in order:
+                if self._grant(job):
+                    break
+            else:
                 return  # every waiting host is at its limit
 
     def _grant(self, job: Hashable) -> bool:
@@ -168,19 +194,17 @@ class FairSlots:
             queue = hosts[host]
             while queue and queue[0].done():  # cancelled; its task has not yet run to say so
                 queue.popleft()
-            granted = bool(queue) and self.host(host).has_room()
+            limit = self.host(host)
+            granted = bool(queue) and limit.has_room()
             if granted:
-                waiter = queue.popleft()
-                self.used += 1
-                self.held[job] = self.held.get(job, 0) + 1
-                self._served[job] = next(self._turns)
-                waiter.set_result(self.hosts[host].begin())
+                queue.popleft().set_result(self._start(job, host, limit))
             self._forget(job, host, None)
             if granted:
                 return True
         return False
 
-    def _forget(self, job: Hashable, host: str, waiter: asyncio.Future[int] | None) -> None:
+    def _forget(self, job: Hashable, host: str,
+                waiter: asyncio.Future[Ticket] | None) -> None:
         """Take `waiter` out of its queue (None: only tidy up), and queues that are empty."""
         hosts = self._waiting.get(job)
         if hosts is None or host not in hosts:
