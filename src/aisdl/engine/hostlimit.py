@@ -25,8 +25,8 @@ ROUND = 1.0  # seconds: the limit at most doubles per round, so that an overload
 SLOW_CONNECT = 1.0  # seconds: a connect this slow had its SYN dropped and sent again
 
 # What a failed try says when the host could not take the connection or the request. Matched
-# on the message, which is all that crosses from a fetch worker (see sources/http.py and
-# engine/curl.py for the wording).
+# on the message: a SourceError carries no kind (the wording is that of sources/http.py and
+# engine/curl.py; tests/test_fairness.py lists it).
 _OVERLOAD = re.compile(
     r"cannot connect|connection lost|connection reset|connection refused|empty reply"
     r"|recv failure|send failure|server disconnected|with (?:429|503) status code",
