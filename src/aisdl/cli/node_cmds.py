@@ -27,6 +27,9 @@ from aisdl.sources.cloud_settings import CloudSettings
               help="Let a node listening beyond loopback fetch from loopback and private networks.")
 @click.option("--max-conns", default=64, show_default=True,
               help="Node-wide limit of concurrent source connections.")
+@click.option("--max-per-host", type=click.IntRange(min=0), default=0,
+              help="Most concurrent connections to one source host (0: up to --max-conns); "
+                   "each host's limit adapts below it to what the host keeps up with.")
 @click.option("--retry-attempts", type=click.IntRange(min=1), default=RetryPolicy.attempts,
               show_default=True, help="Tries of one file before it is recorded as failed.")
 @click.option("--retry-delay", type=DURATION, default=RetryPolicy.base_delay,
@@ -37,13 +40,14 @@ from aisdl.sources.cloud_settings import CloudSettings
               help="Worker processes that fetch objects (0: fetch in the node process) "
                    "[default: one per core, up to 8].")
 def serve(port: int, host: str, home: Path | None, mountpaths: tuple[Path, ...],
-          allow_private_egress: bool, max_conns: int, retry_attempts: int,
+          allow_private_egress: bool, max_conns: int, max_per_host: int, retry_attempts: int,
           retry_delay: float, event_loop: str, fetch_procs: int | None) -> None:
     """Run a node in the foreground (Ctrl+C stops it; unfinished jobs resume at the next start)."""
     config = NodeConfig(
         home=(home or default_home()).resolve(), host=host, port=port,
         mountpaths=tuple(p.resolve() for p in mountpaths),
         allow_private_egress=allow_private_egress, max_connections=max_conns,
+        max_per_host=max_per_host,
         retry=RetryPolicy(attempts=retry_attempts, base_delay=retry_delay),
         event_loop=event_loop,
     )

@@ -26,7 +26,8 @@ import pycurl  # type: ignore[import-untyped]
 from multidict import CIMultiDict
 
 from aisdl.engine.egress import blocked_reason
-from aisdl.engine.fetch import Digest, Fetched, FetchRequest, TaskEvents, begin_body, unchanged
+from aisdl.engine.fetch import Digest, Fetched, FetchEvents, FetchRequest, begin_body, unchanged
+from aisdl.engine.hostlimit import slow_connect
 from aisdl.errors import SourceError
 from aisdl.sources.base import SourceObject
 from aisdl.sources.http import MAX_REDIRECTS, judge, request_headers
@@ -51,7 +52,7 @@ class Body:
 class _Transfer:
     """One attempt, from submission until its outcome reaches the event loop."""
 
-    def __init__(self, req: FetchRequest, events: TaskEvents, start: int, if_range: str | None,
+    def __init__(self, req: FetchRequest, events: FetchEvents, start: int, if_range: str | None,
                  final: asyncio.Future[Any]) -> None:
         self.req, self.events, self.start, self.if_range = req, events, start, if_range
         self.final = final
@@ -166,7 +167,7 @@ class CurlEngine:
         self.running: set[_Transfer] = set()
         self.idle: list[_Handle] = []
 
-    async def attempt(self, req: FetchRequest, events: TaskEvents, start: int,
+    async def attempt(self, req: FetchRequest, events: FetchEvents, start: int,
                       if_range: str | None) -> Fetched | Body:
         loop = asyncio.get_running_loop()
         if self.loop is not loop:
@@ -246,6 +247,9 @@ class CurlEngine:
 
     def _complete(self, t: _Transfer, code: int, message: str) -> None:
         assert t.handle is not None
+        c = t.handle.curl
+        if slow_connect(c.getinfo(pycurl.CONNECT_TIME) - c.getinfo(pycurl.NAMELOOKUP_TIME)):
+            t.events.strained()
         t.handle.drain()  # also after a failure: what arrived is kept for resume
         if t.outcome is None:
             try:

@@ -16,6 +16,7 @@ from typing import Any, BinaryIO, Protocol
 import xxhash
 
 from aisdl.config import RetryPolicy
+from aisdl.engine.hostlimit import overloaded
 from aisdl.engine.limits import TokenBucket
 from aisdl.engine.retry import backoff_delay, should_retry
 from aisdl.errors import SourceError
@@ -33,6 +34,14 @@ class TaskEvents(Protocol):
 
     def started(self, offset: int, total: int | None) -> None: ...
     def advanced(self, nbytes: int) -> None: ...
+
+
+class FetchEvents(TaskEvents, Protocol):
+    """What a fetch reports: progress, and each sign that its source is overloaded (a refused
+    or reset connection, a dropped SYN, 503, 429) as soon as it is seen, for the node's
+    per-host limit (engine/hostlimit.py)."""
+
+    def strained(self) -> None: ...
 
 
 @dataclass
@@ -75,13 +84,15 @@ class Fetcher:
         self.policy = policy
         self._writers = ThreadPoolExecutor(max_workers=4, thread_name_prefix="writer")
 
-    async def fetch(self, req: FetchRequest, events: TaskEvents) -> Fetched:
+    async def fetch(self, req: FetchRequest, events: FetchEvents) -> Fetched:
         failures = 0
         while True:
             before = _size(req.work)
             try:
                 return await self._attempt(req, events, before)
             except SourceError as err:
+                if overloaded(err):
+                    events.strained()
                 if _size(req.work) > before:
                     failures = 0  # bytes arrived: the source is alive, renew the budget
                 if not should_retry(self.policy, failures, err):
@@ -92,7 +103,7 @@ class Fetcher:
                 failures += 1
                 await asyncio.sleep(delay)
 
-    async def _attempt(self, req: FetchRequest, events: TaskEvents, size: int) -> Fetched:
+    async def _attempt(self, req: FetchRequest, events: FetchEvents, size: int) -> Fetched:
         start, if_range = _resume_point(req, size)
         curl = self.sources.curl
         if curl is not None and req.throttle is None and req.link[:4].lower() == "http":

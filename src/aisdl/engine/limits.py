@@ -1,10 +1,21 @@
-"""Per-job limits: a smooth token bucket for bytes per hour."""
+"""Limits on transfers: a smooth token bucket for a job's bytes per hour, and the node's slots
+shared fairly by jobs and politely by source hosts."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import itertools
+import logging
 import time
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass
+
+from aisdl.engine.hostlimit import HostLimit
+
+log = logging.getLogger("aisdl.engine")
+MAX_HOSTS = 4096  # hosts whose limits are remembered; idle ones are forgotten beyond that
 
 
 class TokenBucket:
@@ -44,3 +55,166 @@ class TokenBucket:
     def charge(self, n: int) -> None:
         self._refill()
         self._tokens -= n
+
+
+# A throttled job's rate bounds it, not its concurrency: a few transfers keep its bytes flowing,
+# and each one holds a slot of the node for as long as it trickles.
+THROTTLED_CONNECTIONS = 4
+
+
+@dataclass(slots=True)
+class Ticket:
+    """One slot held by a transfer; `strained` is what the transfer showed of its host (see
+    HostLimit.end), set before the slot is given back."""
+
+    job: Hashable
+    host: str
+    epoch: int
+    strained: bool | None = None
+
+    def answered(self) -> None:
+        """The transfer ended with an answer of its host: no overload seen means it kept up."""
+        if self.strained is None:
+            self.strained = False
+
+
+class _Held:
+    """A slot held for the length of an `async with` (a plain class: this runs per transfer,
+    and a generator-based context manager costs several times as much)."""
+
+    __slots__ = ("host", "job", "slots", "ticket")
+
+    def __init__(self, slots: FairSlots, job: Hashable, host: str) -> None:
+        self.slots, self.job, self.host = slots, job, host
+
+    async def __aenter__(self) -> Ticket:
+        self.ticket = await self.slots.acquire(self.job, self.host)
+        return self.ticket
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.slots.release(self.ticket)
+
+
+class FairSlots:
+    """The node's transfer slots (`--max-conns`), shared fairly by jobs and politely by hosts.
+
+    A freed slot goes to the job holding the fewest (the one served longest ago among equals),
+    whatever the number of its workers: a job with 64 workers waiting cannot starve one with 4.
+    A job only gets a slot for a host whose adaptive limit has room, so waiting for a busy host
+    holds no slot of the node.
+    """
+
+    def __init__(self, total: int, per_host: int,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.total = max(1, total)
+        self.per_host = max(1, min(per_host, self.total))
+        self.used = 0
+        self.hosts: dict[str, HostLimit] = {}
+        self.held: dict[Hashable, int] = {}
+        self._waiting: dict[Hashable, dict[str, deque[asyncio.Future[Ticket]]]] = {}
+        self._served: dict[Hashable, int] = {}
+        self._turns = itertools.count()
+        self._clock = clock
+
+    def __repr__(self) -> str:
+        return (f"<FairSlots {self.used}/{self.total} jobs={len(self.held)} "
+                f"waiting={sum(len(q) for h in self._waiting.values() for q in h.values())}>")
+
+    def host(self, host: str) -> HostLimit:
+        limit = self.hosts.get(host)
+        if limit is None:
+            if len(self.hosts) >= MAX_HOSTS:  # forget what idle hosts taught us
+                for key in [k for k, v in self.hosts.items() if not v.in_flight]:
+                    del self.hosts[key]
+            limit = self.hosts[host] = HostLimit(self.per_host, clock=self._clock)
+        return limit
+
+    def take(self, job: Hashable, host: str) -> _Held:
+        """`async with slots.take(job, host) as ticket:` holds one slot for a transfer of
+        `job` from `host`."""
+        return _Held(self, job, host)
+
+    async def acquire(self, job: Hashable, host: str) -> Ticket:
+        limit = self.host(host)
+        if not self._waiting and self.used < self.total and limit.has_room():
+            return self._start(job, host, limit)  # nobody waits: no turn to take
+        waiter: asyncio.Future[Ticket] = asyncio.get_running_loop().create_future()
+        self._waiting.setdefault(job, {}).setdefault(host, deque()).append(waiter)
+        self._dispatch()
+        try:
+            return await waiter
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():  # granted, then cancelled
+                self.release(waiter.result())
+            else:
+                self._forget(job, host, waiter)
+            raise
+
+    def strained(self, ticket: Ticket) -> None:
+        """The transfer holding `ticket` showed that its host is overloaded."""
+        ticket.strained = True
+        limit = self.hosts[ticket.host]
+        if limit.back_off(ticket.epoch):  # said once per new low: a few lines per host at most
+            log.info("%s shows overload (refused or reset connections, dropped SYNs, 503 or "
+                     "429): at most %d transfers at once from it", ticket.host, limit.allowed)
+
+    def release(self, ticket: Ticket) -> None:
+        self.used -= 1
+        left = self.held[ticket.job] - 1
+        if left:
+            self.held[ticket.job] = left
+        else:
+            del self.held[ticket.job]
+            if ticket.job not in self._waiting:
+                self._served.pop(ticket.job, None)
+        self.hosts[ticket.host].end(ticket.epoch, ticket.strained)
+        if self._waiting:
+            self._dispatch()
+
+    def _start(self, job: Hashable, host: str, limit: HostLimit) -> Ticket:
+        self.used += 1
+        self.held[job] = self.held.get(job, 0) + 1
+        self._served[job] = next(self._turns)
+        return Ticket(job, host, limit.begin())
+
+    def _dispatch(self) -> None:
+        while self.used < self.total and self._waiting:
+            order = list(self._waiting) if len(self._waiting) == 1 else sorted(
+                self._waiting, key=lambda j: (self.held.get(j, 0), self._served.get(j, -1)))
+            for job in order:
+                if self._grant(job):
+                    break
+            else:
+                return  # every waiting host is at its limit
+
+    def _grant(self, job: Hashable) -> bool:
+        """Start the longest-waiting transfer of `job` whose host has room."""
+        hosts = self._waiting[job]
+        for host in list(hosts):
+            queue = hosts[host]
+            while queue and queue[0].done():  # cancelled; its task has not yet run to say so
+                queue.popleft()
+            limit = self.host(host)
+            granted = bool(queue) and limit.has_room()
+            if granted:
+                queue.popleft().set_result(self._start(job, host, limit))
+            self._forget(job, host, None)
+            if granted:
+                return True
+        return False
+
+    def _forget(self, job: Hashable, host: str,
+                waiter: asyncio.Future[Ticket] | None) -> None:
+        """Take `waiter` out of its queue (None: only tidy up), and queues that are empty."""
+        hosts = self._waiting.get(job)
+        if hosts is None or host not in hosts:
+            return
+        if waiter is not None:
+            with contextlib.suppress(ValueError):
+                hosts[host].remove(waiter)
+        if not hosts[host]:
+            del hosts[host]
+        if not hosts:
+            del self._waiting[job]
+            if job not in self.held:
+                self._served.pop(job, None)

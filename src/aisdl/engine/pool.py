@@ -13,11 +13,14 @@ import math
 import os
 import sys
 import time
+from collections.abc import Hashable
 from typing import Any
 
 from aisdl.config import NodeConfig
-from aisdl.engine.fetch import Fetched, Fetcher, FetchRequest, TaskEvents
+from aisdl.engine.fetch import Fetched, Fetcher, FetchEvents, FetchRequest, TaskEvents
+from aisdl.engine.hostlimit import host_of
 from aisdl.engine.ipc import Outbox, receive
+from aisdl.engine.limits import FairSlots, Ticket
 from aisdl.errors import SourceError
 from aisdl.sources.registry import Sources
 
@@ -44,7 +47,7 @@ class _Worker:
         assert proc.stdin is not None and proc.stdout is not None
         self.proc = proc
         self.outbox = Outbox(proc.stdin.write)
-        self.calls: dict[int, tuple[asyncio.Future[Any], TaskEvents]] = {}
+        self.calls: dict[int, tuple[asyncio.Future[Any], FetchEvents]] = {}
         self.alive = True
         self.stopping = False  # asked to exit: it does so on its own
         self.started = time.monotonic()
@@ -65,7 +68,7 @@ class _Worker:
             await asyncio.wait_for(asyncio.shield(worker.ready), READY_WAIT)
         return worker
 
-    async def fetch(self, req: FetchRequest, events: TaskEvents) -> Fetched:
+    async def fetch(self, req: FetchRequest, events: FetchEvents) -> Fetched:
         if not self.alive:  # died since it was picked: no reader is left to answer
             raise WorkerLost
         rid = next(self._ids)
@@ -87,7 +90,7 @@ class _Worker:
             raise OSError(*args)
         raise asyncio.CancelledError  # "cancelled": only ever after our own cancel
 
-    async def _cancel(self, rid: int, events: TaskEvents) -> None:
+    async def _cancel(self, rid: int, events: FetchEvents) -> None:
         """Stop the worker's transfer and wait until it no longer touches the work file."""
         if not self.alive:
             return
@@ -128,6 +131,11 @@ class _Worker:
             if call:
                 call[1].started(message[2], message[3])  # sets the absolute position
             return
+        if kind == "strained":
+            call = self.calls.get(rid)
+            if call:
+                call[1].strained()
+            return
         call = self.calls.pop(rid, None)
         if call is None:  # a cancelled fetch that stopped waiting for its worker
             return
@@ -148,6 +156,24 @@ class _Worker:
         await self._reader
 
 
+class _Watched:
+    """The events of one fetch, passed on; a sign of overload goes to its host's limit at once
+    (not when the fetch ends after its retries: by then the limit would have grown on the
+    successes of others)."""
+
+    def __init__(self, events: TaskEvents, slots: FairSlots, ticket: Ticket) -> None:
+        self.events, self.slots, self.ticket = events, slots, ticket
+
+    def started(self, offset: int, total: int | None) -> None:
+        self.events.started(offset, total)
+
+    def advanced(self, nbytes: int) -> None:
+        self.events.advanced(nbytes)
+
+    def strained(self) -> None:
+        self.slots.strained(self.ticket)
+
+
 class FetchPool:
     def __init__(self, config: NodeConfig, procs: int) -> None:
         self.config, self.procs = config, procs
@@ -155,7 +181,8 @@ class FetchPool:
         self.sources = self.local.sources
         self.workers: list[_Worker] = []
         self._share = math.ceil(config.max_connections / max(1, procs))
-        self._slots = asyncio.Semaphore(config.max_connections)
+        self.slots = FairSlots(config.max_connections,
+                               config.max_per_host or config.max_connections)
         self._respawn = asyncio.Lock()
         self._early_deaths = 0
 
@@ -163,14 +190,22 @@ class FetchPool:
         self.workers = list(await asyncio.gather(
             *(_Worker.spawn(self.config, self._share) for _ in range(self.procs))))
 
-    async def fetch(self, req: FetchRequest, events: TaskEvents) -> Fetched:
-        # Every fetch of the node passes here, wherever it runs: one budget of --max-conns for
-        # all jobs, workers and the node's own pool (a transfer queued inside a worker's
-        # connection pool would also count against its timeout).
-        async with self._slots:
-            return await self._fetch(req, events)
+    async def fetch(self, req: FetchRequest, events: TaskEvents,
+                    job: Hashable = None) -> Fetched:
+        """Fetch for `job` once it has its turn. Every fetch of the node passes here, wherever
+        it runs: one budget of --max-conns for all jobs, workers and the node's own pool (a
+        transfer queued inside a worker's connection pool would also count against its
+        timeout), shared fairly by jobs, and an adaptive limit per source host."""
+        async with self.slots.take(job, host_of(req.link)) as ticket:
+            try:
+                got = await self._fetch(req, _Watched(events, self.slots, ticket))
+            except SourceError:  # the host answered (a 404 too): it kept up, or said it did not
+                ticket.answered()
+                raise
+            ticket.answered()
+            return got
 
-    async def _fetch(self, req: FetchRequest, events: TaskEvents) -> Fetched:
+    async def _fetch(self, req: FetchRequest, events: FetchEvents) -> Fetched:
         if req.throttle is not None or not self.workers:
             return await self.local.fetch(req, events)
         for _ in range(RESUBMITS):

@@ -11,6 +11,7 @@ import os
 import signal
 import stat
 import sys
+from collections.abc import Callable
 from typing import Any
 
 from aisdl.engine.fetch import Fetcher, FetchRequest
@@ -24,10 +25,12 @@ PROGRESS_EVERY = 0.25  # seconds between progress reports of long transfers
 
 
 class Progress:
-    """TaskEvents of one transfer, reported to the node in batches."""
+    """FetchEvents of one transfer: progress reported to the node in batches, signs of an
+    overloaded source at once (`tell`)."""
 
-    def __init__(self) -> None:
+    def __init__(self, tell: Callable[[], None]) -> None:
         self.downloaded, self.total, self.changed = 0, 0, False
+        self.strained = tell
 
     def started(self, offset: int, total: int | None) -> None:
         self.downloaded, self.total, self.changed = offset, total or 0, True
@@ -51,7 +54,7 @@ class Worker:
             self.tasks[rid].cancel()
 
     async def _fetch(self, rid: int, req: FetchRequest) -> None:
-        events = self.progress[rid] = Progress()
+        events = self.progress[rid] = Progress(lambda: self.outbox.put(("strained", rid)))
         outcome: tuple[Any, ...]
         try:
             outcome = ("done", await self.fetcher.fetch(req, events))

@@ -17,7 +17,7 @@ from typing import TypeVar
 
 from aisdl.db import Database
 from aisdl.engine.fetch import FetchRequest, discard
-from aisdl.engine.limits import TokenBucket
+from aisdl.engine.limits import THROTTLED_CONNECTIONS, TokenBucket
 from aisdl.engine.pool import FetchPool
 from aisdl.errors import AisdlError, DatabaseRefused, SourceError
 from aisdl.jobs import records
@@ -78,7 +78,8 @@ class JobRun:
                  started_ns: int) -> None:
         self.id, self.spec = job_id, spec
         self.db, self.store, self.fetcher = db, store, fetcher
-        self.workers = max(1, workers)
+        self.workers = max(1, min(workers, THROTTLED_CONNECTIONS) if spec.bytes_per_hour
+                           else workers)
         self.counters, self.cursor = counters, cursor
         self.started_ns = started_ns
         self.total = spec.total
@@ -232,7 +233,7 @@ class JobRun:
             req = FetchRequest(link=item.link, work=self._work_path(item), stored=known,
                                headers=self.spec.headers, timeout=self.spec.timeout,
                                throttle=self._throttle)
-            got = await self.fetcher.fetch(req, task)
+            got = await self.fetcher.fetch(req, task, job=self.id)
             if not got.unchanged and bucket.is_remote and self.spec.source != bucket:
                 await self._write_through(item, req.work)
         except SourceError as err:
