@@ -184,13 +184,15 @@ def test_a_source_that_never_answers_ends_as_an_error(origin, strict_node, path)
 
 @pytest.mark.parametrize("path", PATHS)
 def test_a_trickle_ends_as_a_too_slow_error(origin, strict_node, path):
-    """A byte every 10 ms keeps any stall window from firing, and never finishes 100 KB."""
+    """A byte every 10 ms keeps any stall window from firing, and never finishes 100 KB. Each
+    retry resumes a little further on, which is no reason to try again and again."""
     origin.add("/drip.bin", payload("drip", 100_000))
     origin.fault("/drip.bin", "slow", rate=100, chunk=1)
     c = strict_node.client()
     err = only_error(wait_job(c, single(c, origin, "/drip.bin", "drip", limits=PATHS[path]),
                               timeout=60))
     assert err.startswith("transfer slower than 8KiB/s for 1s"), err
+    assert origin.hits("/drip.bin") == ATTEMPTS
     assert work_files(strict_node) == []
 
 

@@ -87,9 +87,10 @@ class Fetcher:
                 return await self._attempt(req, events, _size(req.work))
             except SourceError as err:
                 attempts += 1
-                if (size := _size(req.work)) > furthest:
+                if (size := _size(req.work)) > furthest and not isinstance(err, TooSlow):
                     # Resumed progress: the source is alive, renew the budget. A source that
-                    # starts over at byte 0 every time makes none, however many bytes it sends.
+                    # starts over at byte 0 every time makes none, however many bytes it sends,
+                    # nor does a trickle, however far it got.
                     furthest, failures = size, 0
                 if attempts >= ATTEMPTS_CAP * self.policy.attempts or not should_retry(
                         self.policy, failures, err):
@@ -160,6 +161,11 @@ class Fetcher:
                 await writer.close()  # also after a failure: what arrived is kept for resume
 
 
+class TooSlow(SourceError):
+    """Ended for falling below the node's minimum rate (retried, but what it got so far is
+    no progress that renews the retry budget)."""
+
+
 class Watchdog:
     """The node's rules for a transfer that is alive in name only: silence longer than the
     stall window (the node's, or the job's timeout where shorter) cuts it; fewer than
@@ -180,8 +186,8 @@ class Watchdog:
             return stalled(self.stall)
         if self.min_rate and self.window and now - self.since >= self.window:
             if self.seen - self.base < self.min_rate * self.window:
-                return SourceError(f"transfer slower than {_bytes(self.min_rate)}/s for "
-                                   f"{format_duration(self.window)}", transient=True)
+                return TooSlow(f"transfer slower than {_bytes(self.min_rate)}/s for "
+                               f"{format_duration(self.window)}", transient=True)
             self.since, self.base = now, self.seen
         return None
 
