@@ -510,11 +510,11 @@ class Origin:
             resp.content_length = end - start
         else:
             resp.enable_chunked_encoding()
-        await resp.prepare(request)
-        if method == "HEAD":
-            await resp.write_eof()
-            return resp
         try:
+            await resp.prepare(request)
+            if method == "HEAD":
+                await resp.write_eof()
+                return resp
             return await self._body(request, resp, f, start, end, kind, opts)
         except ConnectionError:  # the client went away
             return resp
