@@ -5,6 +5,7 @@ number of requests and a bounded time, then one clear per-file error."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,6 +14,9 @@ import pytest
 from multidict import CIMultiDict
 
 from aisdl.client import Client
+from aisdl.config import TransferLimits
+from aisdl.engine.curl import CurlEngine
+from aisdl.engine.fetch import FetchRequest
 from aisdl.errors import BadRequest, SourceError
 from aisdl.models import Bucket
 from aisdl.sources.base import SourceObject
@@ -251,3 +255,34 @@ def test_resumed_progress_renews_the_retry_budget(origin, strict_node):
     assert origin.hits("/steps.bin") == 8
     assert c.get_object(Bucket("ais", "steps"), "steps.bin").content == virtual_bytes(
         "steps", size)
+
+
+# -- waiting for our own connection is not a stall -------------------------------------------
+class _Events:
+    def started(self, offset: int, total: int | None) -> None:
+        pass
+
+    def advanced(self, nbytes: int) -> None:
+        pass
+
+
+def test_a_transfer_queued_for_a_connection_is_not_cut_as_stalled(origin, tmp_path):
+    """With one connection per host, the second transfer waits for the first (1.5 s, a byte
+    every few ms): that wait is ours, not the source's silence, and a 0.5 s stall window must
+    not cut it."""
+    origin.add("/q.bin", payload("q", 30_000))
+    origin.fault("/q.bin", "slow", rate=20_000, chunk=200)
+
+    async def both() -> list[object]:
+        engine = CurlEngine(1, 1, True, TransferLimits(stall_timeout=0.5, min_rate=0))
+        try:
+            reqs = [FetchRequest(origin.url_for("/q.bin"), str(tmp_path / f"w{i}"))
+                    for i in range(2)]
+            return await asyncio.gather(*(engine.attempt(r, _Events(), 0, None) for r in reqs),
+                                        return_exceptions=True)
+        finally:
+            engine.close()
+
+    results = asyncio.run(both())
+    assert not [r for r in results if isinstance(r, BaseException)], results
+    assert [(tmp_path / f"w{i}").read_bytes() for i in range(2)] == [payload("q", 30_000)] * 2

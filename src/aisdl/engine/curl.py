@@ -351,7 +351,9 @@ class CurlEngine:
             if received != t.received:
                 t.received = received
                 self._show(t, body)
-            if error := t.watch.saw(received, now):
+            if c.getinfo(pycurl.CONN_ID) < 0:  # queued for one of our own connections: not
+                t.watch.restart(now)           # the source's silence
+            elif error := t.watch.saw(received, now):
                 t.handle.drain()  # type: ignore[union-attr]  # what arrived: kept for resume
                 if t.outcome is None:
                     t.outcome = error

@@ -191,6 +191,11 @@ class Watchdog:
             self.since, self.base = now, self.seen
         return None
 
+    def restart(self, now: float) -> None:
+        """Not started yet (waiting for a connection of ours): both rules start from `now`."""
+        self.last = self.since = now
+        self.base = self.seen
+
     def pause(self, seconds: float) -> None:
         """Time the transfer was held up by us (a throttle) counts for neither rule."""
         self.last += seconds
