@@ -118,6 +118,7 @@ class Fetcher:
                 return Fetched(unchanged=True)
             meta = obj.meta
             check_size(limits, meta.size)
+            watch.restart(time.monotonic())  # a wait for a pooled connection was no slowness
             digest = begin_body(req, meta, obj.offset)
             events.started(obj.offset, meta.size)
             await self._stream(req, obj, events, digest, watch)
