@@ -4,6 +4,7 @@
     origin.add("/a.bin", payload("a", 1000), gcs=True)
     origin.add_virtual("/big.bin", 50 << 20, seed=7)   # body generated on the fly
     origin.fault("/a.bin", "fail_then_ok", n=2)      # 500, 500, then 200
+    origin.add_fault("/a.bin", "stall", after=1000)  # ... then the next request stalls
     url = origin.url_for("/a.bin")                   # "http://127.0.0.1:PORT/a.bin"
     origin.hits("/a.bin"); origin.requests("/a.bin")[-1].headers["Range"]
     origin.stop()
@@ -12,8 +13,10 @@ Every file answers GET/HEAD with `ETag` (quoted md5 hex of the content), `Last-M
 `Accept-Ranges: bytes` and, with gcs=True, `x-goog-generation` and `x-goog-hash`. It honours
 `If-None-Match`/`If-Modified-Since` (304), a single `Range` (206 / 416) and `If-Range`.
 
-Fault kinds, set per path with `origin.fault(path, kind, **opts)`; `n` is how many requests
-the fault applies to (None: all of them), `methods` which methods it applies to:
+Fault kinds, set per path with `origin.fault(path, kind, **opts)` (replacing the path's faults)
+or queued with `origin.add_fault(path, kind, **opts)`: a request gets the first of the path's
+faults that still applies to it, so faults with a finite `n` form a sequence. `n` is how many
+requests a fault applies to (None: all of them), `methods` which methods it applies to:
 
     status        status=500             always answer `status` (n=None)
     fail_then_ok  status=500, n=1        answer `status` n times, then serve normally
@@ -23,6 +26,18 @@ the fault applies to (None: all of them), `methods` which methods it applies to:
     slow          rate=65536, chunk=None send the body in chunks of `chunk` bytes (default
                                          rate/10, at most 16 KiB) at `rate` bytes/s (GET only)
     hang          seconds=30             accept, answer nothing for `seconds`, then serve
+    stall         after=None, seconds=30 send the headers and `after` bytes of the body
+                                         (default half), pause `seconds`, then the rest
+    reset_at      at=None, honour_range  close the connection once byte `at` of the file
+                  =True                  (default half) is sent; honour_range=False answers
+                                         every request 200 from byte 0, ignoring `Range`
+    endless       -                      200 with a chunked body that never ends
+    lying_length  delta=1000             announce Content-Length off by `delta` bytes: more
+                                         than is sent (then close: a short body), or fewer
+                                         (only those are sent: a well-formed truncated body)
+
+A trickle is `slow` with a small rate (`rate=100, chunk=1`); any status (304, 204, a 302 without
+`Location`) is `status`.
 """
 
 from __future__ import annotations
@@ -178,6 +193,10 @@ _FAULTS: dict[str, tuple[dict[str, Any], tuple[str, ...]]] = {
     "reset": ({"n": 1}, ("GET",)),
     "slow": ({"rate": 64 * 1024, "chunk": None, "n": None}, ("GET",)),
     "hang": ({"seconds": 30.0, "n": None}, ("GET", "HEAD")),
+    "stall": ({"after": None, "seconds": 30.0, "n": None}, ("GET",)),
+    "reset_at": ({"at": None, "honour_range": True, "n": None}, ("GET",)),
+    "endless": ({"n": None}, ("GET",)),
+    "lying_length": ({"delta": 1000, "n": None}, ("GET",)),
 }
 
 
@@ -238,7 +257,7 @@ class Origin:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._files: dict[str, _File] = {}
-        self._faults: dict[str, _Fault] = {}
+        self._faults: dict[str, list[_Fault]] = {}
         self._hits: Counter[str] = Counter()
         self._log: list[Request] = []
         self._clock = BASE_TIME
@@ -378,19 +397,26 @@ class Origin:
     # faults and observation ----------------------------------------------------------------
     def fault(self, path: str, kind: str | None, *, methods: tuple[str, ...] | None = None,
               **opts: Any) -> None:
-        """Inject a fault at `path` (see the module doc); kind=None removes it."""
+        """Inject a fault at `path` (see the module doc), replacing its faults; kind=None
+        removes them."""
         path = _norm(path)
         with self._lock:
-            if kind is None:
-                self._faults.pop(path, None)
-                return
-            if kind not in _FAULTS:
-                raise ValueError(f"unknown fault kind {kind!r}; one of {sorted(_FAULTS)}")
-            defaults, default_methods = _FAULTS[kind]
-            if unknown := set(opts) - set(defaults):
-                raise TypeError(f"fault {kind!r} has no option(s) {sorted(unknown)}")
-            self._faults[path] = _Fault(kind, {**defaults, **opts},
-                                        tuple(m.upper() for m in methods or default_methods))
+            self._faults.pop(path, None)
+        if kind is not None:
+            self.add_fault(path, kind, methods=methods, **opts)
+
+    def add_fault(self, path: str, kind: str, *, methods: tuple[str, ...] | None = None,
+                  **opts: Any) -> None:
+        """Queue a fault at `path` after those already there (see the module doc)."""
+        if kind not in _FAULTS:
+            raise ValueError(f"unknown fault kind {kind!r}; one of {sorted(_FAULTS)}")
+        defaults, default_methods = _FAULTS[kind]
+        if unknown := set(opts) - set(defaults):
+            raise TypeError(f"fault {kind!r} has no option(s) {sorted(unknown)}")
+        fault = _Fault(kind, {**defaults, **opts},
+                       tuple(m.upper() for m in methods or default_methods))
+        with self._lock:
+            self._faults.setdefault(_norm(path), []).append(fault)
 
     def clear_fault(self, path: str) -> None:
         self.fault(path, None)
@@ -418,8 +444,8 @@ class Origin:
             self._hits[path] += 1
             self._log.append(Request(method, path, CIMultiDictProxy(CIMultiDict(request.headers)),
                                      request.query_string))
-            fault = self._faults.get(path)
-            kind = fault.kind if fault is not None and fault.take(method) else None
+            fault = next((f for f in self._faults.get(path, []) if f.take(method)), None)
+            kind = fault.kind if fault is not None else None
             opts = dict(fault.opts) if fault is not None else {}
             f = self._files.get(path)
 
@@ -434,13 +460,12 @@ class Origin:
         try:
             if kind == "hang":
                 await asyncio.sleep(opts["seconds"])
-            return await self._serve(request, f, slow=opts if kind == "slow" else None,
-                                     reset=kind == "reset")
+            return await self._serve(request, f, kind, opts)
         finally:
             self._active.discard(task)
 
-    async def _serve(self, request: web.Request, f: _File | None, *,
-                     slow: dict[str, Any] | None, reset: bool) -> web.StreamResponse:
+    async def _serve(self, request: web.Request, f: _File | None, kind: str | None,
+                     opts: dict[str, Any]) -> web.StreamResponse:
         method = request.method
         if method not in ("GET", "HEAD"):
             return web.Response(status=405, headers={"Allow": "GET, HEAD"})
@@ -467,7 +492,10 @@ class Origin:
         # range
         status, start, end = 200, 0, f.size
         rng = request.headers.get("Range")
-        if rng is not None and _if_range_ok(request.headers.get("If-Range"), etag, lm):
+        honour_range = kind not in ("endless", "reset_at") or (
+            kind == "reset_at" and opts["honour_range"])
+        if rng is not None and honour_range and _if_range_ok(request.headers.get("If-Range"),
+                                                             etag, lm):
             parsed = _parse_range(rng, f.size)
             if parsed == "416":
                 return web.Response(status=416, headers={"Content-Range": f"bytes */{f.size}"})
@@ -476,34 +504,68 @@ class Origin:
                 headers["Content-Range"] = f"bytes {start}-{end - 1}/{f.size}"
 
         resp = web.StreamResponse(status=status, headers=headers)
-        if f.content_length:
+        if kind == "lying_length":
+            resp.content_length = max(0, end - start + opts["delta"])
+        elif f.content_length and kind != "endless":
             resp.content_length = end - start
         else:
             resp.enable_chunked_encoding()
-        await resp.prepare(request)
-        if method == "HEAD":
-            await resp.write_eof()
+        try:
+            await resp.prepare(request)
+            if method == "HEAD":
+                await resp.write_eof()
+                return resp
+            return await self._body(request, resp, f, start, end, kind, opts)
+        except ConnectionError:  # the client went away
             return resp
 
+    async def _body(self, request: web.Request, resp: web.StreamResponse, f: _File,
+                    start: int, end: int, kind: str | None,
+                    opts: dict[str, Any]) -> web.StreamResponse:
+        """Send bytes [start, end) of `f`, as the fault `kind` (if any) bends it."""
         chunk, delay = SEND_CHUNK, 0.0
-        if slow is not None:
-            rate = max(1, int(slow["rate"]))
-            chunk = int(slow["chunk"] or max(1, min(16 * 1024, rate // 10)))
+        if kind == "slow":
+            rate = max(1, int(opts["rate"]))
+            chunk = int(opts["chunk"] or max(1, min(16 * 1024, rate // 10)))
             delay = chunk / rate
-        stop_at = start + (end - start) // 2 if reset else end
-        try:
-            for piece in f.chunks(start, stop_at, chunk):
-                await resp.write(piece)
-                if delay:
-                    await asyncio.sleep(delay)
-            if reset:
-                # flush what was written, then close: the client gets a short body
-                if request.transport is not None:
-                    request.transport.close()
-                return resp
-            await resp.write_eof()
-        except ConnectionError:  # the client went away
-            pass
+        cut = None  # close the connection at this byte of the file
+        if kind == "reset":
+            cut = start + (end - start) // 2
+        elif kind == "reset_at":
+            at = f.size // 2 if opts["at"] is None else opts["at"]
+            cut = at if start < at else None
+        elif kind == "lying_length":
+            announced = max(0, end - start + opts["delta"])
+            if opts["delta"] > 0:
+                cut = end  # everything there is, then close: short of what was announced
+            else:
+                end = start + announced
+        pause_at = None
+        if kind == "stall":
+            pause_at = start + ((end - start) // 2 if opts["after"] is None else opts["after"])
+        pos = start
+        for piece in f.chunks(start, end if cut is None else min(cut, end), chunk):
+            if pause_at is not None and pos <= pause_at < pos + len(piece):
+                head = pause_at - pos
+                if head:
+                    await resp.write(piece[:head])
+                await asyncio.sleep(opts["seconds"])
+                piece, pos = piece[head:], pause_at
+            await resp.write(piece)
+            pos += len(piece)
+            if delay:
+                await asyncio.sleep(delay)
+        if kind == "endless":
+            k = 0
+            while True:  # until the client goes away (or reset() cancels us)
+                await resp.write(_virtual_chunk(f"endless:{request.path}", k % 16))
+                k += 1
+        if cut is not None:
+            # flush what was written, then close: the client gets a short body
+            if request.transport is not None:
+                request.transport.close()
+            return resp
+        await resp.write_eof()
         return resp
 
 

@@ -16,6 +16,22 @@ class RetryPolicy:
     max_delay: float = 30.0     # cap for one backoff sleep, and for a server's Retry-After
 
 
+@dataclass(frozen=True)
+class TransferLimits:
+    """What every transfer of a node must keep to, whatever its job asks (see NodeConfig)."""
+
+    stall_timeout: float = 60.0  # seconds without a byte (0: only the job's own timeout)
+    min_rate: int = 1024         # bytes/s over `rate_window` (0: no floor)
+    rate_window: float = 60.0
+    max_object_size: int = 5 << 40  # bytes (0: no limit)
+
+    def stall_for(self, job_timeout: float | None) -> float | None:
+        """The silence a transfer is allowed: the node's window, or the job's own timeout
+        where that is shorter; None: no limit at all."""
+        windows = [w for w in (self.stall_timeout, job_timeout) if w]
+        return min(windows) if windows else None
+
+
 def default_home() -> Path:
     """`$AISDL_HOME`, else `~/.aisdl`: where a background node keeps its data and log."""
     env = os.environ.get("AISDL_HOME")
@@ -51,6 +67,11 @@ class NodeConfig:
     cloud: CloudSettings = field(default_factory=CloudSettings)
     event_loop: str = "asyncio"      # or "uvloop"
     fetch_procs: int = field(default_factory=default_fetch_procs)
+
+    @property
+    def transfer_limits(self) -> TransferLimits:
+        return TransferLimits(self.stall_timeout, self.min_rate, self.rate_window,
+                              self.max_object_size)
 
     @property
     def endpoint(self) -> str:

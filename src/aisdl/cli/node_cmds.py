@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 
 from aisdl.cli.context import CliContext
-from aisdl.cli.params import DURATION
+from aisdl.cli.params import DURATION, SIZE
 from aisdl.client import Client
 from aisdl.config import NodeConfig, RetryPolicy, default_home
 from aisdl.sources.cloud_settings import CloudSettings
@@ -34,6 +34,15 @@ from aisdl.sources.cloud_settings import CloudSettings
               show_default=True, help="Tries of one file before it is recorded as failed.")
 @click.option("--retry-delay", type=DURATION, default=RetryPolicy.base_delay,
               show_default="500ms", help="Backoff before the first retry (doubles each time).")
+@click.option("--stall-timeout", type=DURATION, default=NodeConfig.stall_timeout,
+              show_default="60s", help="Cut a transfer that receives nothing for this long (it "
+                                       "is retried from its byte); 0: only a job's --timeout.")
+@click.option("--min-rate", type=SIZE, default=NodeConfig.min_rate, show_default="1KiB",
+              help="End a transfer slower than this many bytes/s over --rate-window (0: none).")
+@click.option("--rate-window", type=DURATION, default=NodeConfig.rate_window,
+              show_default="60s", help="The window --min-rate is measured over.")
+@click.option("--max-object-size", type=SIZE, default=NodeConfig.max_object_size,
+              show_default="5TiB", help="Refuse a source object larger than this (0: no limit).")
 @click.option("--event-loop", type=click.Choice(["asyncio", "uvloop"]), default="asyncio",
               show_default=True, help="The event loop implementation.")
 @click.option("--fetch-procs", type=click.IntRange(min=0), default=None,
@@ -41,7 +50,8 @@ from aisdl.sources.cloud_settings import CloudSettings
                    "[default: one per core, up to 8].")
 def serve(port: int, host: str, home: Path | None, mountpaths: tuple[Path, ...],
           allow_private_egress: bool, max_conns: int, max_per_host: int, retry_attempts: int,
-          retry_delay: float, event_loop: str, fetch_procs: int | None) -> None:
+          retry_delay: float, stall_timeout: float, min_rate: int, rate_window: float,
+          max_object_size: int, event_loop: str, fetch_procs: int | None) -> None:
     """Run a node in the foreground (Ctrl+C stops it; unfinished jobs resume at the next start)."""
     config = NodeConfig(
         home=(home or default_home()).resolve(), host=host, port=port,
@@ -49,7 +59,8 @@ def serve(port: int, host: str, home: Path | None, mountpaths: tuple[Path, ...],
         allow_private_egress=allow_private_egress, max_connections=max_conns,
         max_per_host=max_per_host,
         retry=RetryPolicy(attempts=retry_attempts, base_delay=retry_delay),
-        event_loop=event_loop,
+        stall_timeout=stall_timeout, min_rate=min_rate, rate_window=rate_window,
+        max_object_size=max_object_size, event_loop=event_loop,
     )
     if fetch_procs is not None:
         config = replace(config, fetch_procs=fetch_procs)

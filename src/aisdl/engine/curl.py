@@ -25,18 +25,28 @@ from urllib.parse import urlsplit
 import pycurl  # type: ignore[import-untyped]
 from multidict import CIMultiDict
 
+from aisdl.config import TransferLimits
 from aisdl.engine.egress import blocked_reason
-from aisdl.engine.fetch import Digest, Fetched, FetchEvents, FetchRequest, begin_body, unchanged
+from aisdl.engine.fetch import (
+    Digest,
+    Fetched,
+    FetchEvents,
+    FetchRequest,
+    Watchdog,
+    begin_body,
+    check_size,
+    too_large,
+    unchanged,
+)
 from aisdl.engine.hostlimit import slow_connect
 from aisdl.errors import SourceError
 from aisdl.sources.base import SourceObject
-from aisdl.sources.http import MAX_REDIRECTS, judge, request_headers
+from aisdl.sources.http import MAX_REDIRECTS, judge, request_headers, stalled
 
 log = logging.getLogger("aisdl.engine")
 BUFFER = 1 << 20         # libcurl's read buffer and our write buffer, per transfer: 512 KiB
                          # reads were 5–10% slower on 4 x 512 MiB, 2 MiB no better
 TICK = 0.1               # seconds between looks at running transfers (progress, stalls)
-_TIMED_OUT = "request timed out (timeout exceeded)"
 _UNTRUSTED = {pycurl.E_PEER_FAILED_VERIFICATION, pycurl.E_SSL_CACERT_BADFILE}
 _LOST = {pycurl.E_PARTIAL_FILE, pycurl.E_RECV_ERROR, pycurl.E_GOT_NOTHING, pycurl.E_SEND_ERROR}
 
@@ -53,9 +63,9 @@ class _Transfer:
     """One attempt, from submission until its outcome reaches the event loop."""
 
     def __init__(self, req: FetchRequest, events: FetchEvents, start: int, if_range: str | None,
-                 final: asyncio.Future[Any]) -> None:
+                 headers: list[str], watch: Watchdog, final: asyncio.Future[Any]) -> None:
         self.req, self.events, self.start, self.if_range = req, events, start, if_range
-        self.final = final
+        self.headers, self.watch, self.final = headers, watch, final
         self.handle: _Handle | None = None
         self.fd: int | None = None
         self.meta: SourceObject | None = None
@@ -63,8 +73,7 @@ class _Transfer:
         self.offset = 0
         self.outcome: Any = None        # Fetched, Body or an exception, once decided
         self.blocked: str | None = None
-        self.active = time.monotonic()  # last sign of life, for the stall watchdog
-        self.received = 0                # header and body bytes libcurl had seen by then
+        self.received = 0                # header and body bytes libcurl has seen
         self.written = 0                 # body bytes in the work file
 
 
@@ -127,6 +136,11 @@ class _Sink(io.RawIOBase):
                 engine.stop_soon(t)  # not inside libcurl's callback: once it returns
                 return n
             assert t.fd is not None
+            limit = engine.limits.max_object_size
+            if limit and t.offset + t.written + n > limit:  # an endless body, say
+                t.outcome = too_large(limit)
+                engine.stop_soon(t)
+                return n
             view = data
             while view:
                 view = view[os.write(t.fd, view):]
@@ -146,8 +160,10 @@ class CurlEngine:
     transfer costs no thread hand-offs, and a socket's watch changes are single epoll_ctl
     calls rather than the loop's reader and writer bookkeeping."""
 
-    def __init__(self, connections: int, per_host: int, allow_private: bool) -> None:
+    def __init__(self, connections: int, per_host: int, allow_private: bool,
+                 limits: TransferLimits | None = None) -> None:
         self.allow_private = allow_private
+        self.limits = limits or TransferLimits()
         self.user_agent = user_agent()
         paths = ssl.get_default_verify_paths()
         self.cafile = paths.cafile or (paths.openssl_cafile
@@ -173,7 +189,11 @@ class CurlEngine:
         if self.loop is not loop:
             self.loop = loop
             loop.add_reader(self.epoll.fileno(), self._on_ready)
-        t = _Transfer(req, events, start, if_range, self.loop.create_future())
+        # Refused here (before a handle is taken) when a header could inject lines
+        headers = [f"{k}: {v}" for k, v in request_headers(req.headers, start, if_range,
+                                                           req.stored)]
+        t = _Transfer(req, events, start, if_range, headers, Watchdog(self.limits, req.timeout),
+                      self.loop.create_future())
         self._add(t)
         try:
             result: Fetched | Body = await t.final
@@ -203,10 +223,13 @@ class CurlEngine:
         req = t.req
         c = h.curl
         c.setopt(pycurl.URL, req.link)
-        headers = request_headers(req.headers, t.start, t.if_range, req.stored)
-        c.setopt(pycurl.HTTPHEADER, [f"{k}: {v}" for k, v in headers])
+        # Exactly this transfer's headers: pycurl ignores an empty list, which would send the
+        # previous transfer's (its token, its conditional or range headers) on this handle
+        if t.headers:
+            c.setopt(pycurl.HTTPHEADER, t.headers)
+        else:
+            c.unsetopt(pycurl.HTTPHEADER)
         self.running.add(t)
-        t.active = time.monotonic()
         if self.ticker is None:
             self.ticker = self.loop.call_later(TICK, self._tick)  # type: ignore[union-attr]
         self.multi.add_handle(c)
@@ -277,7 +300,7 @@ class CurlEngine:
         if code == pycurl.E_COULDNT_CONNECT:
             return SourceError(f"cannot connect: {message}", transient=True)
         if code == pycurl.E_OPERATION_TIMEDOUT:
-            return SourceError(_TIMED_OUT, transient=True)
+            return stalled(t.watch.stall)
         if code in _LOST:
             return SourceError(f"connection lost while reading the body: {message}",
                                transient=True)
@@ -306,6 +329,11 @@ class CurlEngine:
             t.outcome = Fetched(unchanged=True)
             return False
         meta, t.offset = judged
+        try:
+            check_size(self.limits, meta.size)
+        except SourceError as err:
+            t.outcome = err
+            return False
         t.digest = begin_body(req, meta, t.offset)
         if t.offset:
             fd = os.open(req.work, os.O_WRONLY | os.O_CLOEXEC)
@@ -318,18 +346,21 @@ class CurlEngine:
 
     def _tick(self) -> None:
         """Progress from libcurl's own byte counts (our buffer holds up to 1 MiB of them), and
-        a stop to transfers that have shown no sign of life (header or body bytes) for longer
-        than their timeout, as aiohttp's socket timeouts would."""
+        the watchdog's look at each transfer: header and body bytes are its signs of life."""
         now = time.monotonic()
         for t in list(self.running):
             c = t.handle.curl  # type: ignore[union-attr]
             body = c.getinfo(pycurl.SIZE_DOWNLOAD_T)
             received = body + c.getinfo(pycurl.HEADER_SIZE)
             if received != t.received:
-                t.received, t.active = received, now
+                t.received = received
                 self._show(t, body)
-            elif t.req.timeout and now - t.active > t.req.timeout:
-                t.outcome = SourceError(_TIMED_OUT, transient=True)
+            if c.getinfo(pycurl.CONN_ID) < 0:  # queued for one of our own connections: not
+                t.watch.restart(now)           # the source's silence
+            elif error := t.watch.saw(received, now):
+                t.handle.drain()  # type: ignore[union-attr]  # what arrived: kept for resume
+                if t.outcome is None:
+                    t.outcome = error
                 self._finish(t)
         self.ticker = self.loop.call_later(  # type: ignore[union-attr]
             TICK, self._tick) if self.running else None

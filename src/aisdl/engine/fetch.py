@@ -9,24 +9,28 @@ import contextlib
 import hashlib
 import logging
 import os
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO, Protocol
 
 import xxhash
 
-from aisdl.config import RetryPolicy
+from aisdl.config import RetryPolicy, TransferLimits
 from aisdl.engine.hostlimit import overloaded
 from aisdl.engine.limits import TokenBucket
 from aisdl.engine.retry import backoff_delay, should_retry
 from aisdl.errors import SourceError
 from aisdl.sources.base import SourceObject
+from aisdl.sources.http import stalled
 from aisdl.sources.registry import Sources
+from aisdl.units import format_duration
 
 log = logging.getLogger("aisdl.engine")
 CHUNK = 256 * 1024
 WRITE_BATCH = 1 << 20  # bytes handed to a writer thread at once
 SIDECAR_FROM = 4 << 20  # files this big keep their validator on disk for resume after a crash
+ATTEMPTS_CAP = 4  # x the policy's attempts: the most tries of one file, progress or not
 
 
 class TaskEvents(Protocol):
@@ -85,17 +89,22 @@ class Fetcher:
         self._writers = ThreadPoolExecutor(max_workers=4, thread_name_prefix="writer")
 
     async def fetch(self, req: FetchRequest, events: FetchEvents) -> Fetched:
-        failures = 0
+        failures = attempts = 0
+        furthest = _size(req.work)  # the most bytes the work file has held in this fetch
         while True:
-            before = _size(req.work)
             try:
-                return await self._attempt(req, events, before)
+                return await self._attempt(req, events, _size(req.work))
             except SourceError as err:
+                attempts += 1
                 if overloaded(err):
                     events.strained()
-                if _size(req.work) > before:
-                    failures = 0  # bytes arrived: the source is alive, renew the budget
-                if not should_retry(self.policy, failures, err):
+                if (size := _size(req.work)) > furthest and not isinstance(err, TooSlow):
+                    # Resumed progress: the source is alive, renew the budget. A source that
+                    # starts over at byte 0 every time makes none, however many bytes it sends,
+                    # nor does a trickle, however far it got.
+                    furthest, failures = size, 0
+                if attempts >= ATTEMPTS_CAP * self.policy.attempts or not should_retry(
+                        self.policy, failures, err):
                     discard(req.work)
                     raise
                 delay = backoff_delay(self.policy, failures, err)
@@ -111,15 +120,19 @@ class Fetcher:
             if isinstance(got, Fetched):
                 return got
             return await self._end_body(req, got.meta, got.digest)
+        limits = self.sources.limits
+        watch = Watchdog(limits, req.timeout)
         source = self.sources.for_link(req.link)
         async with source.open(req.link, start=start, if_range=if_range, stored=req.stored,
-                               headers=req.headers, timeout=req.timeout) as obj:
+                               headers=req.headers, timeout=watch.stall) as obj:
             if obj.not_modified or unchanged(req, start, obj.meta):
                 return Fetched(unchanged=True)
             meta = obj.meta
+            check_size(limits, meta.size)
+            watch.restart(time.monotonic())  # a wait for a pooled connection was no slowness
             digest = begin_body(req, meta, obj.offset)
             events.started(obj.offset, meta.size)
-            await self._stream(req, obj, events, digest)
+            await self._stream(req, obj, events, digest, watch)
         return await self._end_body(req, meta, digest)
 
     async def _end_body(self, req: FetchRequest, meta: SourceObject,
@@ -134,8 +147,9 @@ class Fetcher:
         return Fetched(unchanged=False, size=size, cksum=cksum, custom=meta.custom(req.link))
 
     async def _stream(self, req: FetchRequest, obj: Any, events: TaskEvents,
-                      digest: Digest | None) -> None:
+                      digest: Digest | None, watch: Watchdog) -> None:
         chunk = req.throttle.chunk_size if req.throttle else CHUNK
+        limit, size = self.sources.limits.max_object_size, obj.offset
         with open(req.work, "r+b" if obj.offset else "wb") as f:
             if obj.offset:
                 f.seek(obj.offset)
@@ -143,13 +157,80 @@ class Fetcher:
             writer = _BatchWriter(f, digest, self._writers)
             try:
                 async for data in obj.chunks(chunk):
+                    size += len(data)
+                    if limit and size > limit:
+                        raise too_large(limit)
+                    if error := watch.saw(size - obj.offset, time.monotonic()):
+                        raise error
                     await writer.add(data)
                     events.advanced(len(data))
                     if req.throttle:
                         req.throttle.charge(len(data))
+                        waited = time.monotonic()
                         await req.throttle.wait_ready()
+                        watch.pause(time.monotonic() - waited)  # our slowness, not the source's
             finally:
                 await writer.close()  # also after a failure: what arrived is kept for resume
+
+
+class TooSlow(SourceError):
+    """Ended for falling below the node's minimum rate (retried, but what it got so far is
+    no progress that renews the retry budget)."""
+
+
+class Watchdog:
+    """The node's rules for a transfer that is alive in name only: silence longer than the
+    stall window (the node's, or the job's timeout where shorter) cuts it; fewer than
+    `min_rate` bytes/s over a `rate_window` ends it. One rule for libcurl (looked at every
+    tick) and the other paths (at every piece of body; their silence is a socket timeout)."""
+
+    def __init__(self, limits: TransferLimits, job_timeout: float | None) -> None:
+        self.stall = limits.stall_for(job_timeout)
+        self.min_rate, self.window = limits.min_rate, limits.rate_window
+        self.last = self.since = time.monotonic()  # the last sign of life; the window's start
+        self.seen = self.base = 0                  # bytes so far; bytes at the window's start
+
+    def saw(self, received: int, now: float) -> SourceError | None:
+        """`received` bytes so far at `now`: the error that ends the transfer, if any."""
+        if received != self.seen:
+            self.seen, self.last = received, now
+        if self.stall and now - self.last > self.stall:
+            return stalled(self.stall)
+        if self.min_rate and self.window and now - self.since >= self.window:
+            if self.seen - self.base < self.min_rate * self.window:
+                return TooSlow(f"transfer slower than {_bytes(self.min_rate)}/s for "
+                               f"{format_duration(self.window)}", transient=True)
+            self.since, self.base = now, self.seen
+        return None
+
+    def restart(self, now: float) -> None:
+        """Not started yet (waiting for a connection of ours): both rules start from `now`."""
+        self.last = self.since = now
+        self.base = self.seen
+
+    def pause(self, seconds: float) -> None:
+        """Time the transfer was held up by us (a throttle) counts for neither rule."""
+        self.last += seconds
+        self.since += seconds
+
+
+def _bytes(n: int) -> str:
+    """`1KiB`, `1.50MiB`, `100B`: exact units where they are exact."""
+    for unit, size in (("TiB", 1 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n >= size:
+            return f"{n // size}{unit}" if n % size == 0 else f"{n / size:.2f}{unit}"
+    return f"{n}B"
+
+
+def too_large(limit: int) -> SourceError:
+    return SourceError(f"object larger than the node's limit of {_bytes(limit)} "
+                       f"(max object size)", transient=False)
+
+
+def check_size(limits: TransferLimits, size: int | None) -> None:
+    """A body announced beyond the node's limit is refused before its first byte."""
+    if limits.max_object_size and size is not None and size > limits.max_object_size:
+        raise too_large(limits.max_object_size)
 
 
 def unchanged(req: FetchRequest, start: int, meta: SourceObject) -> bool:

@@ -193,9 +193,9 @@ class FetchPool:
     async def fetch(self, req: FetchRequest, events: TaskEvents,
                     job: Hashable = None) -> Fetched:
         """Fetch for `job` once it has its turn. Every fetch of the node passes here, wherever
-        it runs: one budget of --max-conns for all jobs, workers and the node's own pool (a
-        transfer queued inside a worker's connection pool would also count against its
-        timeout), shared fairly by jobs, and an adaptive limit per source host."""
+        it runs: one budget of --max-conns for all jobs, workers and the node's own pool (so
+        that few transfers wait inside a worker's connection pool), shared fairly by jobs, and
+        an adaptive limit per source host."""
         async with self.slots.take(job, host_of(req.link)) as ticket:
             try:
                 got = await self._fetch(req, _Watched(events, self.slots, ticket))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from http import HTTPStatus
@@ -16,12 +17,15 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from aisdl.engine.egress import EgressBlocked, check_address, is_ip_literal
 from aisdl.errors import SourceError
 from aisdl.sources.base import SourceObject
+from aisdl.units import format_duration
 
 REDIRECTS = {301, 302, 303, 307, 308}
 MAX_REDIRECTS = 10
 TRANSIENT_STATUS = {408, 425, 429, 500, 502, 503, 504}
 Headers = CIMultiDict[str] | CIMultiDictProxy[str]
 CHUNK_CAP = 64 * 1024  # smaller requested chunks are honoured exactly (a throttled read)
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # a header name (RFC 9110 token)
+_LINE_BREAKS = re.compile(r"[\r\n\0]")
 
 
 @dataclass
@@ -30,6 +34,7 @@ class HttpRead:
     offset: int
     not_modified: bool
     _resp: aiohttp.ClientResponse | None
+    _stall: float | None = None
 
     async def chunks(self, size: int) -> AsyncIterator[bytes]:
         """The body as it arrives. `size` caps a chunk only when it is small (throttling):
@@ -44,7 +49,7 @@ class HttpRead:
                 while chunk := await content.readany():
                     yield chunk
         except (TimeoutError, aiohttp.ClientError) as exc:
-            raise _translate(exc, "") from exc
+            raise _translate(exc, "", self._stall) from exc
 
 
 def _b64hex(value: str) -> str | None:
@@ -83,11 +88,19 @@ def validators(status: int, h: Headers) -> SourceObject:
 def request_headers(headers: dict[str, list[str]], start: int, if_range: str | None,
                     stored: SourceObject | None) -> list[tuple[str, str]]:
     """The job's headers, plus a resume (`Range` + `If-Range`) or a conditional GET against
-    the copy we store (one list for aiohttp and libcurl)."""
+    the copy we store (one list for aiohttp and libcurl). A header that could end its line
+    early (CR, LF, NUL) or is no header name at all is refused, never sent."""
+    for name, values in headers.items():
+        if not _TOKEN.fullmatch(name):
+            raise SourceError(f"invalid header name {name!r}: not sent", transient=False)
+        if any(_LINE_BREAKS.search(v) for v in values):
+            raise SourceError(f"header {name!r} has a line break or NUL in its value: not sent",
+                              transient=False)
     req = [(k, v) for k, vs in headers.items() for v in vs]
     if start and if_range:
         req += [("Range", f"bytes={start}-"), ("If-Range", if_range)]
-    elif stored is not None:
+    elif conditional(start, stored):
+        assert stored is not None
         if stored.etag:
             req.append(("If-None-Match", f'"{stored.etag}"'))
         if stored.last_modified:
@@ -95,25 +108,40 @@ def request_headers(headers: dict[str, list[str]], start: int, if_range: str | N
     return req
 
 
+def conditional(start: int, stored: SourceObject | None) -> bool:
+    """Whether our GET asks "only if changed" of the copy we store: a whole body, and a
+    validator to send."""
+    return not start and stored is not None and bool(stored.etag or stored.last_modified)
+
+
 def judge(status: int, headers: Headers, start: int,
           stored: SourceObject | None) -> tuple[SourceObject, int] | None:
     """What the answer to our GET means (one rule for aiohttp and libcurl): None when the
-    source confirms our stored copy (304), else the object's validators and the offset its
-    body starts at. An error status or a range we did not ask for raises SourceError."""
-    if status == 304 and stored is not None:
+    source confirms our stored copy (a 304 to our conditional GET), else the object's
+    validators and the offset its body starts at. An error status, an answer that carries no
+    object (a 304 we did not ask for, 204, a redirect without `Location`, ...) or a range we
+    did not ask for raises SourceError: never an empty object taken for the real one."""
+    if status == 304 and conditional(start, stored):
         return None
     if status >= 400:
         raise status_error(status, headers.get("Retry-After"))
+    if status not in (200, 206):
+        raise SourceError(f"the source answered {status} ({_phrase(status)}) without the "
+                          f"object", transient=False)
     if status == 206 and not headers.get("Content-Range", "").startswith(f"bytes {start}-"):
         raise SourceError("the source answered a different range", transient=True)
     return validators(status, headers), (start if status == 206 else 0)
 
 
-def status_error(status: int, retry_after: str | None) -> SourceError:
+def _phrase(status: int) -> str:
     try:
-        reason = HTTPStatus(status).phrase
+        return HTTPStatus(status).phrase
     except ValueError:
-        reason = "Unknown"
+        return "Unknown"
+
+
+def status_error(status: int, retry_after: str | None) -> SourceError:
+    reason = _phrase(status)
     delay = None
     if retry_after and retry_after.strip().isdigit():
         delay = float(retry_after)
@@ -121,9 +149,15 @@ def status_error(status: int, retry_after: str | None) -> SourceError:
                        transient=status in TRANSIENT_STATUS or status >= 500, retry_after=delay)
 
 
-def _translate(exc: BaseException, link: str) -> SourceError:
+def stalled(seconds: float | None) -> SourceError:
+    """A transfer cut for silence (retried: it resumes from its byte)."""
+    said = f"no data for {format_duration(seconds)}" if seconds else "timeout exceeded"
+    return SourceError(f"request timed out ({said})", transient=True)
+
+
+def _translate(exc: BaseException, link: str, stall: float | None) -> SourceError:
     if isinstance(exc, asyncio.TimeoutError | aiohttp.ServerTimeoutError):
-        return SourceError("request timed out (timeout exceeded)", transient=True)
+        return stalled(stall)
     cause = getattr(exc, "os_error", None) or exc.__cause__
     if isinstance(exc, EgressBlocked) or isinstance(cause, EgressBlocked):
         return SourceError(f"dload: {cause or exc}", transient=False)
@@ -148,7 +182,8 @@ class HttpSource:
         self.allow_private = allow_private
 
     async def _follow(self, link: str, headers: list[tuple[str, str]],
-                      timeout: aiohttp.ClientTimeout) -> aiohttp.ClientResponse:
+                      timeout: aiohttp.ClientTimeout,
+                      stall: float | None) -> aiohttp.ClientResponse:
         """GET, following redirects ourselves: aiohttp connects to an IP literal without asking
         the resolver, so every hop's address is checked here (libcurl checks every socket)."""
         url = link
@@ -168,23 +203,25 @@ class HttpSource:
                     raise SourceError(f"redirected to an unsupported link {url!r}",
                                       transient=False)
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-            raise _translate(exc, url) from exc
+            raise _translate(exc, url, stall) from exc
         raise SourceError(f"too many redirects: more than {MAX_REDIRECTS}", transient=False)
 
     @contextlib.asynccontextmanager
     async def open(self, link: str, *, start: int = 0, if_range: str | None = None,
                    stored: SourceObject | None = None, headers: dict[str, list[str]] | None = None,
                    timeout: float | None = None) -> AsyncIterator[HttpRead]:
+        """GET `link`; `timeout`: how long the source may send nothing (connecting, before its
+        answer, within the body). The wait for one of our own pooled connections is not the
+        source's silence: it is bounded by the transfers ahead of it."""
         req = request_headers(headers or {}, start, if_range, stored)
-        t = aiohttp.ClientTimeout(total=None, connect=timeout, sock_connect=timeout,
-                                  sock_read=timeout)
-        resp = await self._follow(link, req, t)
+        t = aiohttp.ClientTimeout(total=None, sock_connect=timeout, sock_read=timeout)
+        resp = await self._follow(link, req, t, timeout)
         try:
             judged = judge(resp.status, resp.headers, start, stored)
             if judged is None:
                 assert stored is not None
                 yield HttpRead(stored, 0, True, None)
                 return
-            yield HttpRead(*judged, False, resp)
+            yield HttpRead(*judged, False, resp, timeout)
         finally:
             resp.release()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from aisdl.config import TransferLimits
 from aisdl.sources.http import HttpSource
 
 if TYPE_CHECKING:
@@ -17,11 +18,12 @@ READ_BUFFER = 1 << 20  # body bytes a connection buffers before it pauses readin
 
 
 class Sources:
-    def __init__(self, http: HttpSource, cloud: CloudSource,
-                 curl: CurlEngine | None = None) -> None:
+    def __init__(self, http: HttpSource, cloud: CloudSource, curl: CurlEngine | None = None,
+                 limits: TransferLimits | None = None) -> None:
         self.http = http
         self.cloud = cloud
         self.curl = curl  # plain http(s) GETs on libcurl, when it is there
+        self.limits = limits or TransferLimits()  # what every transfer keeps to
 
     def for_link(self, link: str) -> Any:
         scheme = link.split("://", 1)[0].lower()
@@ -47,8 +49,9 @@ class Sources:
                                         trust_env=False, read_bufsize=READ_BUFFER,
                                         skip_auto_headers=("Accept-Encoding",),
                                         headers={"User-Agent": user_agent()})
-        curl = CurlEngine(connections, per_host, allow_private)
-        return cls(HttpSource(session, allow_private), CloudSource(config.cloud), curl)
+        limits = config.transfer_limits
+        curl = CurlEngine(connections, per_host, allow_private, limits)
+        return cls(HttpSource(session, allow_private), CloudSource(config.cloud), curl, limits)
 
     async def aclose(self) -> None:
         if self.curl is not None:
