@@ -1,4 +1,5 @@
-"""`/v1/daemon` (cluster map, bucket metadata, shutdown) and `/v1/health`.
+"""`/v1/daemon` (cluster map, bucket metadata, shutdown), `/v1/cluster` (the same maps, and the
+job queries and control of `xactions`) and `/v1/health`.
 
 A node is a one-node AIS cluster: it lists itself as both the proxy and the target, with the
 endpoint clients reach it at, so the SDK's `is_ready()` and direct reads come back to us.
@@ -16,9 +17,23 @@ from urllib.parse import urlsplit
 import xxhash
 from aiohttp import web
 
+from aisdl.api import xactions
 from aisdl.api.buckets import read_action, unknown_action
 from aisdl.api.keys import CONFIG, NODE_ID, STORE
 from aisdl.errors import BadRequest
+
+# What AIS's `GET /v1/cluster?what=` and `PUT /v1/cluster` actions offer beyond what a node
+# serves: valid requests, refused with 501 rather than as unknown.
+AIS_CLUSTER_WHATS = frozenset({
+    "config", "cluster_config", "backends", "node_stats", "node_status", "software_version",
+    "disk", "metrics", "mountpaths", "remote", "smapvote", "sysinfo", "target_ips", "log",
+    "getxstats", "snode", "ic_bundle", "tls_certificate"})
+AIS_CLUSTER_ACTIONS = frozenset({
+    "set-config", "reset-config", "reset-stats", "rotate-logs", "reload-creds", "clear-lcache",
+    "shutdown", "decommission", "attach", "detach", "enable-bend", "disable-bend",
+    "start-maintenance", "stop-maintenance", "shutdown-node", "decommission-node",
+    "rm-unsafe", "new-primary", "primary-force", "bump-metasync", "attach-mp", "enable-mp",
+    "detach-mp", "disable-mp", "rescan-mp", "fshc-mp", "start-gfn", "stop-gfn"})
 
 STARTED_NS = web.AppKey("started_ns", int)
 SHUTDOWN_DELAY = 0.1  # seconds: time for the 200 to reach the client before SIGTERM
@@ -28,6 +43,8 @@ def setup(app: web.Application) -> None:
     app[STARTED_NS] = time.time_ns()
     app.router.add_route("GET", "/v1/daemon", get_daemon)
     app.router.add_route("PUT", "/v1/daemon", put_daemon)
+    app.router.add_route("GET", "/v1/cluster", get_cluster)
+    app.router.add_route("PUT", "/v1/cluster", put_cluster)
     app.router.add_route("GET", "/v1/health", health)
 
 
@@ -38,6 +55,36 @@ async def get_daemon(request: web.Request) -> web.Response:
     if what == "bmd":
         return web.json_response(await bmd(request.app))
     raise BadRequest(f"invalid what={what!r} (supported: smap, bmd)")
+
+
+async def get_cluster(request: web.Request) -> web.Response:
+    what = request.query.get("what", "")
+    msg = await read_action(request)  # the job queries' JSON body
+    job_query = xactions.GET_QUERIES.get(what)
+    if job_query is not None:
+        return await job_query(request, msg)
+    if what in ("smap", "bmd"):
+        return await get_daemon(request)
+    if what in AIS_CLUSTER_WHATS:
+        raise xactions.NotSupported(f"what={what!r} is not served by this node")
+    raise BadRequest(f"invalid what={what[:100]!r} for GET /v1/cluster (supported: smap, bmd,"
+                     f" {', '.join(xactions.GET_QUERIES)})")
+
+
+async def put_cluster(request: web.Request) -> web.Response:
+    """Job control: `stop` aborts download jobs; `start` starts none of ours."""
+    msg = await read_action(request)
+    action = str(msg.get("action") or "") if msg else ""
+    if request.query:
+        raise BadRequest(f"unknown query parameter {next(iter(request.query))[:100]!r} for"
+                         f" PUT /v1/cluster (action {action!r})")
+    if msg is not None and action == "stop":
+        return await xactions.stop(request, msg.get("value"))
+    if msg is not None and action == "start":
+        return xactions.start(msg.get("value"))
+    if action in AIS_CLUSTER_ACTIONS:
+        raise xactions.NotSupported(f"action {action!r} is not carried out by this node")
+    raise unknown_action(msg, request)
 
 
 async def put_daemon(request: web.Request) -> web.Response:

@@ -11,7 +11,7 @@ import logging
 import secrets
 import sqlite3
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -32,6 +32,21 @@ if TYPE_CHECKING:
 log = logging.getLogger("aisdl.jobs")
 _ID_ALPHABET = "abcdefghijkmnopqrstuvwxyzABCDEFGHJKLMNPQRSTUVWXYZ23456789"
 RESUME_RETRY_MAX = 5.0  # seconds between tries at most, while the database refuses to list jobs
+
+
+@dataclass(frozen=True)
+class JobState:
+    """One job as the job (xaction) API reports it: `finished_ns` is 0 while it runs, and an
+    aborted job may still be winding down."""
+
+    id: str
+    kind: str  # the AIS job kind
+    description: str
+    bucket: Bucket
+    started_ns: int
+    finished_ns: int
+    aborted: bool
+    errors: int
 
 
 def new_job_id() -> str:
@@ -221,6 +236,22 @@ class JobManager:
                  "start_time": rfc3339(t.start_ns), "end_time": rfc3339(t.end_ns)}
                 for t in tasks]
         return {k: v for k, v in out.items() if v != []}
+
+    async def states(self) -> list[JobState]:
+        """Every job of the node, oldest first."""
+        rows = await self.db.run(records.job_states)
+        return [self._state(r) for r in rows]
+
+    def _state(self, row: sqlite3.Row) -> JobState:
+        run = self._live(row["id"])
+        if run is not None:
+            c, finished, aborted = run.counters, 0, run.aborted
+        else:
+            c = Counters(row["finished_cnt"], row["skipped"], row["errors"])
+            finished, aborted = row["finished"], bool(row["aborted"])
+        return JobState(row["id"], "download", row["description"],
+                        Bucket(row["provider"], row["bucket"]), row["started"], finished, aborted,
+                        c.errors)
 
     async def list(self, regex: str, only_active: bool) -> list[dict[str, Any]]:
         pattern = check_regex(regex)

@@ -105,6 +105,15 @@ def all_jobs(conn: sqlite3.Connection) -> list[sqlite3.Row]:
     return conn.execute("SELECT * FROM jobs ORDER BY started").fetchall()
 
 
+def job_states(conn: sqlite3.Connection) -> list[sqlite3.Row]:
+    """Every job without its spec (which may list millions of objects), oldest first; the
+    destination bucket as `provider` and `bucket`."""
+    return conn.execute(
+        "SELECT id, description, started, finished, aborted, finished_cnt, skipped, errors,"
+        " json_extract(spec, '$.bucket.provider') AS provider,"
+        " json_extract(spec, '$.bucket.name') AS bucket FROM jobs ORDER BY started").fetchall()
+
+
 def unfinished_jobs(conn: sqlite3.Connection) -> list[sqlite3.Row]:
     return conn.execute("SELECT * FROM jobs WHERE finished = 0 ORDER BY started").fetchall()
 
