@@ -142,6 +142,9 @@ def test_unknown_job_id_is_404(inproc: InProcessNode) -> None:
     _refused(job.abort, 404)
     _refused(lambda: sdk.job("dnl-nosuchjob").wait(timeout=5, verbose=False), 404)
     assert sdk.cluster().list_running_jobs("download") == []
+    (target_id,) = sdk.cluster().get_info().tmap
+    assert sdk.cluster().list_running_jobs("download", target_id=target_id) == []
+    _refused(lambda: sdk.cluster().list_running_jobs("download", target_id="t-other"), 404)
     assert sdk.cluster().list_jobs_status("download") == []  # AIS sends null: none
 
 

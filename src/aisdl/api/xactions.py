@@ -31,6 +31,7 @@ from aisdl.jobs.manager import JobState
 from aisdl.models import Bucket, normalize_provider
 
 DOWNLOAD = "download"
+RUN_KINDS = frozenset({DOWNLOAD})  # the kinds of `JobState.kind`: those this node runs
 USER_ABORT = "user abort"  # AIS's abort error for a job stopped by request
 GO_ZERO_TIME = "0001-01-01T00:00:00Z"  # how AIS writes "not yet" for a time
 EMPTY_BCK = {"name": "", "provider": "", "namespace": {"uuid": "", "name": ""}}
@@ -75,7 +76,7 @@ class Query:
         return f"{self.kind or DOWNLOAD}[{self.id}]"
 
     def selects(self, job: JobState) -> bool:
-        return ((not self.id or job.id == self.id)
+        return ((not self.id or job.id == self.id) and (not self.kind or job.kind == self.kind)
                 and (not self.only_running or not job.finished_ns)
                 and (not self.buckets or job.bucket in self.buckets))
 
@@ -132,7 +133,7 @@ def _bucket(key: str, value: Any) -> Bucket | None:
 
 
 def check_kind(kind: str) -> None:
-    if not kind or kind == DOWNLOAD:
+    if not kind or kind in RUN_KINDS:
         return
     if kind in AIS_JOB_KINDS:
         raise NotSupported(f"job kind {kind!r} does not run on this node: it runs {DOWNLOAD}"
