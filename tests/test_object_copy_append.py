@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import requests
 from aistore.sdk import Client
+from aistore.sdk.bucket import Bucket as SdkBucket
 from aistore.sdk.errors import AISError, ErrBckNotFound, ErrObjNotFound
 
 from aisdl.db import Database
@@ -39,7 +40,7 @@ def client(inproc: InProcessNode, monkeypatch: pytest.MonkeyPatch) -> Client:
     return Client(inproc.endpoint)
 
 
-def _bucket(client: Client, name: str):  # type: ignore[no-untyped-def]
+def _bucket(client: Client, name: str) -> SdkBucket:
     return client.bucket(name).create(exist_ok=True)
 
 
@@ -166,22 +167,27 @@ def test_append_content_is_invisible_until_flush(client: Client) -> None:
 @pytest.mark.parametrize("existing", [None, b"existing-content"])
 @pytest.mark.parametrize("mode", ["w", "a"])
 def test_file_writer(client: Client, mode: str, existing: bytes | None) -> None:
+    """`as_file("w")` starts from an empty object, `"a"` from the stored one (or none); what is
+    written shows at `flush()` and `close()`, not before."""
     bck = _bucket(client, "ap-writer")
     name = f"{mode}-{existing is not None}"
     obj = bck.object(name)
     if existing is not None:
         obj.get_writer().put_content(existing)
-    base = existing if mode == "a" and existing is not None else b""
+    base = b"" if mode == "w" else existing  # None: no object until the first flush
+
+    def content() -> bytes | None:
+        state = _state(client, "ap-writer", name)
+        return state[0] if state else None
+
     with obj.get_writer().as_file(mode=mode) as f:
         for chunk in (b"new-data1", b"new-data2", b"new-data3"):
             f.write(chunk)
-            state = _state(client, "ap-writer", name)
-            assert (state[0] if state else None) == (base if state or mode == "w" else None)
+            assert content() == base
         f.flush()
-        assert _state(client, "ap-writer", name)[0] == base + b"new-data1new-data2new-data3"  # type: ignore[index]
+        assert content() == (base or b"") + b"new-data1new-data2new-data3"
         f.write(b"-more")
-    assert _state(client, "ap-writer", name)[0] == (  # type: ignore[index]
-        base + b"new-data1new-data2new-data3-more")
+    assert content() == (base or b"") + b"new-data1new-data2new-data3-more"
 
 
 def test_append_refusals_change_nothing(client: Client, inproc: InProcessNode) -> None:
@@ -238,6 +244,13 @@ async def _chunks(*parts: bytes) -> AsyncIterator[bytes]:
         yield p
 
 
+async def _cut_short(*parts: bytes) -> AsyncIterator[bytes]:
+    """A request body whose client went away (as `objects._body` reports it)."""
+    for p in parts:
+        yield p
+    raise BadRequest("request body ended early")
+
+
 def _append_files(mp: Path) -> list[Path]:
     return [p for p in (mp / ".work").rglob("*") if p.is_file()]
 
@@ -265,8 +278,12 @@ async def test_open_appends_are_bounded_in_count_size_and_age(db: Database,
     # an append beyond the size bound is refused whole; the handle keeps what it had
     with pytest.raises(TooLarge):
         await store.append(B, "one", h1, _chunks(b"234", b"56789abcdef"), limit=10)
+    # so is a chunk whose body is cut short
+    with pytest.raises(BadRequest, match="ended early"):
+        await store.append(B, "one", h1, _cut_short(b"xyz"), limit=10)
+    await store.append(B, "one", h1, _chunks(b"2"), limit=10)
     await store.flush_append(B, "one", h1, None)
-    assert store.object_path(B, "one").read_bytes() == b"1"
+    assert store.object_path(B, "one").read_bytes() == b"12"
     # an abandoned append is dropped after its idle time, work file and all
     deadline = time.monotonic() + 10
     while _append_files(mp) and time.monotonic() < deadline:

@@ -154,7 +154,7 @@ async def _append_object(request: web.Request, store: Store, bck: Bucket,
     handle = query.get(QPARAM_APPEND_HANDLE, "")
     cksum = _cksum(request)
     if kind == "append":
-        if cksum is not None:
+        if cksum is not None and cksum[0].lower() != "none":
             raise BadRequest("an append takes no checksum: send the whole object's checksum"
                              " with its flush")
         limit = request.app[CONFIG].max_object_size
