@@ -123,6 +123,12 @@ def test_copy_refusals_change_nothing(client: Client, inproc: InProcessNode) -> 
     resp = requests.put(url, params={"object_to": "ais/@#/cp-refuse2/dst"}, data=b"body",
                         timeout=10)
     assert resp.status_code == 400 and "body" in resp.json()["message"]
+    # so are headers that would change what is stored
+    for header in ({"Ais-Custom-Md": "k=v"}, {"Ais-Checksum-Type": "md5",
+                                              "Ais-Checksum-Value": "0"}):
+        resp = requests.put(url, params={"object_to": "ais/@#/cp-refuse2/dst"}, headers=header,
+                            timeout=10)
+        assert resp.status_code == 400 and "copy keeps" in resp.json()["message"]
     # a copy with the latest remote version, or with a transformation, is not done here
     for params in ({"latest-ver": "true"}, {"synchronize": "true"}, {"etl_name": "x"}):
         resp = requests.put(url, params={"object_to": "ais/@#/cp-refuse2/dst", **params},

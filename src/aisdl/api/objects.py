@@ -117,6 +117,11 @@ async def _copy_object(request: web.Request, store: Store, bck: Bucket,
     if etl:
         raise NotSupported(f"copy with a transformation ({etl[0]}) is not supported by this"
                            " node")
+    ignored = [h for h in ("Ais-Custom-Md", "Ais-Checksum-Type", "Ais-Checksum-Value")
+               if h in request.headers]
+    if ignored:
+        raise BadRequest(f"a copy keeps the source's metadata and checksum; {ignored[0]} does"
+                         " not apply to it")
     dst_bck, dst_name = parse_uname(query[QPARAM_OBJ_TO])
     await _refuse_body(request, "a copy")
     attrs = await store.copy_object(bck, name, dst_bck, dst_name)
@@ -144,10 +149,11 @@ async def _append_object(request: web.Request, store: Store, bck: Bucket,
     the object only at the flush."""
     query = request.query
     kind = query.get(QPARAM_APPEND_TYPE)
+    if kind is None:
+        raise BadRequest(f"{QPARAM_APPEND_HANDLE} without {QPARAM_APPEND_TYPE}")
     if kind not in APPEND_TYPES:
-        raise BadRequest(f"invalid {QPARAM_APPEND_TYPE}={kind!r} (expected one of"
-                         f" {', '.join(APPEND_TYPES)})" if kind is not None else
-                         f"{QPARAM_APPEND_HANDLE} without {QPARAM_APPEND_TYPE}")
+        raise BadRequest(f"invalid {QPARAM_APPEND_TYPE}={kind[:64]!r} (expected one of"
+                         f" {', '.join(APPEND_TYPES)})")
     if request.headers.getall("Ais-Custom-Md", []):
         raise BadRequest("an append or flush keeps no custom metadata (Ais-Custom-Md):"
                          " set it after the flush")
