@@ -223,6 +223,13 @@ class Client:
     def delete_object(self, bck: Bucket, name: str) -> None:
         self.request("DELETE", self._obj_path(bck, name), params={"provider": bck.provider})
 
+    def copy_object(self, bck: Bucket, name: str, to_bck: Bucket, to_name: str) -> None:
+        """Copy an object on the node (AIS's `PUT ?object_to=`: the destination's uname)."""
+        self.request("PUT", self._obj_path(bck, name),
+                     params={"provider": bck.provider,
+                             "object_to": f"{to_bck.provider}/@#/{to_bck.name}/{to_name}"},
+                     timeout=None)
+
     # -- download jobs ----------------------------------------------------------------------
     def start_download(self, body: dict[str, Any]) -> str:
         job_id: str = self.request("POST", "download", json_body=body).json()["id"]

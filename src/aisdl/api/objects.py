@@ -1,4 +1,5 @@
-"""`/v1/objects/<bucket>/<name>`: PUT, GET (ranges), HEAD (v1 and v2), DELETE, PATCH custom.
+"""`/v1/objects/<bucket>/<name>`: PUT (plain, copy `object_to`, append and flush), GET (ranges),
+HEAD (v1 and v2), DELETE, PATCH custom.
 
 The object name is the rest of the path after the bucket, decoded exactly once by the router
 (`%2B` → `+`, a literal `+` stays `+`, `%2F` → `/`), then validated.
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import logging
 import os
 import re
 from collections.abc import AsyncIterator
@@ -18,14 +20,22 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from aisdl.api.buckets import read_action, request_bucket, unknown_action
-from aisdl.api.keys import NODE_ID, STORE
+from aisdl.api.keys import CONFIG, NODE_ID, STORE
 from aisdl.api.middleware import error_response
-from aisdl.errors import BadRequest
+from aisdl.errors import AisdlError, BadRequest
 from aisdl.models import Bucket, ObjectAttrs
 from aisdl.store.paths import check_object_name
 from aisdl.store.store import Store
 
+log = logging.getLogger("aisdl.api")
+
 READ_CHUNK = 1 << 20
+# PUT's query parameters that make it something other than a plain PUT (AIS's names)
+QPARAM_OBJ_TO = "object_to"
+QPARAM_APPEND_TYPE = "append_type"
+QPARAM_APPEND_HANDLE = "append_handle"
+APPEND_TYPES = ("append", "flush")
+HDR_APPEND_HANDLE = "Ais-Append-Handle"
 HEAD_V2_PROPS = frozenset((
     "name", "size", "checksum", "atime", "version", "custom", "location", "copies", "ec",
     "chunked", "last-modified", "etag",
@@ -54,17 +64,110 @@ async def _attrs_or_404(store: Store, bck: Bucket, name: str) -> ObjectAttrs:
     return attrs
 
 
+class NotSupported(AisdlError):
+    """A valid AIS request this node does not carry out."""
+
+    status = 501
+
+
 # -- PUT -----------------------------------------------------------------------------------------
 async def put_object(request: web.Request) -> web.Response:
     store, bck, name = _target(request)
     store.require_bucket(bck)  # fail before reading a body that has nowhere to go
+    query = request.query
+    if QPARAM_OBJ_TO in query:
+        return await _copy_object(request, store, bck, name)
+    if QPARAM_APPEND_TYPE in query or QPARAM_APPEND_HANDLE in query:
+        return await _append_object(request, store, bck, name)
     hdrs = request.headers
-    cksum = None
-    if hdrs.get("Ais-Checksum-Type"):
-        cksum = (hdrs["Ais-Checksum-Type"], hdrs.get("Ais-Checksum-Value", ""))
     custom = parse_custom_md(hdrs.getall("Ais-Custom-Md", []))
     attrs = await store.put_object(bck, name, _body(request), custom=custom,
-                                   expected_size=request.content_length, cksum=cksum)
+                                   expected_size=request.content_length, cksum=_cksum(request))
+    return web.Response(headers=_base_headers(attrs))
+
+
+def _cksum(request: web.Request) -> tuple[str, str] | None:
+    hdrs = request.headers
+    if hdrs.get("Ais-Checksum-Type"):
+        return hdrs["Ais-Checksum-Type"], hdrs.get("Ais-Checksum-Value", "")
+    return None
+
+
+async def _refuse_body(request: web.Request, what: str) -> None:
+    """A request whose body would be ignored is refused, not half-done."""
+    if await request.content.read(1):
+        raise BadRequest(f"{what} takes no request body")
+
+
+async def _copy_object(request: web.Request, store: Store, bck: Bucket,
+                       name: str) -> web.Response:
+    """`PUT ?object_to=provider/@#/bucket/name`: copy the object (the SDK's `Object.copy`)."""
+    query = request.query
+    mixed = [p for p in (QPARAM_APPEND_TYPE, QPARAM_APPEND_HANDLE) if p in query]
+    if mixed:
+        raise BadRequest(f"{QPARAM_OBJ_TO} (copy) and {mixed[0]} (append) exclude each other")
+    for flag in ("latest-ver", "synchronize"):
+        value = query.get(flag, "false").lower()
+        if value not in ("", "true", "false"):
+            raise BadRequest(f"invalid {flag}={query[flag]!r} (expected true or false)")
+        if value == "true":
+            raise NotSupported(f"copy with {flag}=true (from the latest remote version) is not"
+                               " supported by this node")
+    etl = sorted(p for p in query if p.startswith("etl_"))
+    if etl:
+        raise NotSupported(f"copy with a transformation ({etl[0]}) is not supported by this"
+                           " node")
+    ignored = [h for h in ("Ais-Custom-Md", "Ais-Checksum-Type", "Ais-Checksum-Value")
+               if h in request.headers]
+    if ignored:
+        raise BadRequest(f"a copy keeps the source's metadata and checksum; {ignored[0]} does"
+                         " not apply to it")
+    dst_bck, dst_name = parse_uname(query[QPARAM_OBJ_TO])
+    await _refuse_body(request, "a copy")
+    attrs = await store.copy_object(bck, name, dst_bck, dst_name)
+    return web.Response(headers=_base_headers(attrs))
+
+
+def parse_uname(text: str) -> tuple[Bucket, str]:
+    """An object's AIS "uname", `provider/@#/bucket/name` (`@#`: the global namespace)."""
+    provider, _, rest = text.partition("/")
+    namespace, _, rest = rest.partition("/")
+    bucket, _, obj = rest.partition("/")
+    if not provider or not bucket or not obj:
+        raise BadRequest(f"invalid {QPARAM_OBJ_TO}={text[:200]!r}: expected"
+                         " provider/@#/bucket/object")
+    if namespace != "@#":
+        raise BadRequest(f"invalid {QPARAM_OBJ_TO}={text[:200]!r}: bucket namespaces are not"
+                         " supported by this node (expected the global namespace '@#')")
+    return Bucket.of(bucket, provider), check_object_name(obj)
+
+
+async def _append_object(request: web.Request, store: Store, bck: Bucket,
+                         name: str) -> web.Response:
+    """`PUT ?append_type=append|flush&append_handle=H`: the SDK's `append_content` and file
+    writer. An append answers the handle to go on with in `Ais-Append-Handle`; its bytes become
+    the object only at the flush."""
+    query = request.query
+    kind = query.get(QPARAM_APPEND_TYPE)
+    if kind is None:
+        raise BadRequest(f"{QPARAM_APPEND_HANDLE} without {QPARAM_APPEND_TYPE}")
+    if kind not in APPEND_TYPES:
+        raise BadRequest(f"invalid {QPARAM_APPEND_TYPE}={kind[:64]!r} (expected one of"
+                         f" {', '.join(APPEND_TYPES)})")
+    if request.headers.getall("Ais-Custom-Md", []):
+        raise BadRequest("an append or flush keeps no custom metadata (Ais-Custom-Md):"
+                         " set it after the flush")
+    handle = query.get(QPARAM_APPEND_HANDLE, "")
+    cksum = _cksum(request)
+    if kind == "append":
+        if cksum is not None and cksum[0].lower() != "none":
+            raise BadRequest("an append takes no checksum: send the whole object's checksum"
+                             " with its flush")
+        limit = request.app[CONFIG].max_object_size
+        handle = await store.append(bck, name, handle, _body(request), limit)
+        return web.Response(headers={HDR_APPEND_HANDLE: handle})
+    await _refuse_body(request, "a flush")
+    attrs = await store.flush_append(bck, name, handle, cksum)
     return web.Response(headers=_base_headers(attrs))
 
 
@@ -124,13 +227,17 @@ async def _send_file(request: web.Request, f: IO[bytes], size: int,
     loop = asyncio.get_running_loop()
     await loop.run_in_executor(None, f.seek, start)
     left = end - start + 1
-    while left > 0:
-        data = await loop.run_in_executor(None, f.read, min(READ_CHUNK, left))
-        if not data:
-            break  # the file shrank under us: the client sees a short body, not garbage
-        await resp.write(data)
-        left -= len(data)
-    await resp.write_eof()
+    try:
+        while left > 0:
+            data = await loop.run_in_executor(None, f.read, min(READ_CHUNK, left))
+            if not data:
+                break  # the file shrank under us: the client sees a short body, not garbage
+            await resp.write(data)
+            left -= len(data)
+        await resp.write_eof()
+    except ConnectionResetError:  # the client's to decide, not an error of ours
+        log.info("GET %s: the client closed the connection after %d of %d bytes",
+                 request.path, end - start + 1 - left, end - start + 1)
     return resp
 
 

@@ -1,5 +1,5 @@
 """Bucket and object commands: `ais create`, `ais bucket create|rm|props`, `ais ls`,
-`ais get`, `ais put`."""
+`ais get`, `ais put`, `ais object cp`."""
 
 from __future__ import annotations
 
@@ -276,8 +276,35 @@ def put(obj: CliContext, file: Path, dest: str) -> None:
     click.echo(f'PUT "{file}" => {bck.cname}/{name}')
 
 
+@click.command("cp")
+@click.argument("source", metavar="SOURCE")
+@click.argument("destination", metavar="DESTINATION")
+@click.pass_obj
+def copy_object(obj: CliContext, source: str, destination: str) -> None:
+    """Copy the object SOURCE (`ais://b/obj`) to DESTINATION: `ais://b2/name`, or a bucket
+    (`ais://b2`: same name; `ais://b2/dir/`: under dir/). The copy is made on the node."""
+    bck, name = parse_uri(source)
+    if not name:
+        raise click.UsageError(f"{source!r} names no object (expected e.g. ais://b/obj)")
+    to_bck, to_name = parse_uri(destination)
+    if not to_name:
+        to_name = name
+    elif to_name.endswith("/"):
+        to_name += name.rsplit("/", 1)[-1]
+    obj.client.copy_object(bck, name, to_bck, to_name)
+    click.echo(f"COPY {bck.cname}/{name} => {to_bck.cname}/{to_name}")
+
+
+@click.group("object")
+def object_group() -> None:
+    """Copy objects."""
+
+
+object_group.add_command(copy_object)
+
+
 def register(cli: click.Group, bucket: click.Group) -> None:
-    for command in (create, ls, get, put):
+    for command in (create, ls, get, put, object_group):
         cli.add_command(command)
     bucket.add_command(create)
     bucket.add_command(remove)

@@ -16,6 +16,7 @@ import errno
 import functools
 import hashlib
 import json
+import logging
 import os
 import secrets
 import shutil
@@ -23,21 +24,24 @@ import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import IO, Any, TypeVar
 
 import xxhash
 
 from aisdl.db import Database
-from aisdl.errors import BadRequest, Conflict, NotFound, disk_error
+from aisdl.errors import BadRequest, Conflict, NotFound, TooLarge, disk_error
 from aisdl.models import Bucket, ObjectAttrs
+from aisdl.store.appends import Appends, OpenAppend
 from aisdl.store.catalog_view import CatalogView
 from aisdl.store.paths import check_object_name
 from aisdl.store.props import Props, default_props, merge_props, with_defaults
 
 T = TypeVar("T")
+log = logging.getLogger("aisdl.store")
 
 WORK_DIR = ".work"
 PUT_TAG = "put"
+APPEND_TAG = "append"
 TRASH_TAG = "trash"
 _WRITE_BUFFER = 1 << 20  # hand the disk 1 MiB at a time: one executor hop per MiB, not per chunk
 _LOOKUP_BATCH = 500
@@ -63,7 +67,8 @@ def _row_to_attrs(row: sqlite3.Row) -> ObjectAttrs:
 class Store:
     """Buckets, objects and work files of one node."""
 
-    def __init__(self, db: Database, mountpaths: list[Path], node_id: str) -> None:
+    def __init__(self, db: Database, mountpaths: list[Path], node_id: str,
+                 appends: Appends | None = None) -> None:
         if not mountpaths:
             raise ValueError("a store needs at least one mountpath")
         self.db = db
@@ -77,6 +82,8 @@ class Store:
         self._buckets: dict[Bucket, Props] = db.run_sync(self._load_buckets)
         # (mountpath, tag, shard) → a directory that exists
         self._work_dirs: dict[tuple[int, str, str], str] = {}
+        self.appends = appends if appends is not None else Appends()
+        self._reaper: asyncio.Task[None] | None = None  # drops idle appends while any are open
 
     @staticmethod
     def _load_buckets(conn: sqlite3.Connection) -> dict[Bucket, Props]:
@@ -129,13 +136,14 @@ class Store:
             shutil.rmtree(mp / WORK_DIR / tag, ignore_errors=True)
 
     def clean_work(self, keep_tags: set[str]) -> None:
-        """Start-up: drop work files of jobs that no longer exist, of PUTs, and the trash."""
+        """Start-up: drop work files of jobs that no longer exist, of PUTs and appends (their
+        handles lived in the memory of the node that stopped), and the trash."""
         for mp in self.mountpaths:
             work = mp / WORK_DIR
             if not work.is_dir():
                 continue
             for child in work.iterdir():
-                if child.name in keep_tags and child.name not in (PUT_TAG, TRASH_TAG):
+                if child.name in keep_tags and child.name not in (PUT_TAG, APPEND_TAG, TRASH_TAG):
                     continue
                 if child.is_dir() and not child.is_symlink():
                     shutil.rmtree(child, ignore_errors=True)
@@ -383,8 +391,7 @@ class Store:
         the source validators a download recorded). `cksum` = (type, value) to verify."""
         check_object_name(name)
         self.require_bucket(bck)
-        base = await self._in_executor(functools.partial(self.work_path, bck, name, PUT_TAG))
-        work = base.with_name(f"{base.name}.{secrets.token_hex(6)}")  # concurrent PUTs
+        work = await self._new_work_file(bck, name, PUT_TAG)
         committed = False
         try:
             try:
@@ -405,28 +412,199 @@ class Store:
             if not committed:
                 await self._in_executor(lambda: work.unlink(missing_ok=True))
 
+    async def _new_work_file(self, bck: Bucket, name: str, tag: str) -> Path:
+        """A work file of its own for one request (PUTs and appends of a name may overlap)."""
+        base = await self._in_executor(functools.partial(self.work_path, bck, name, tag))
+        return base.with_name(f"{base.name}.{secrets.token_hex(6)}")
+
     async def _receive(self, work: Path,
                        chunks: AsyncIterator[bytes]) -> tuple[int, xxhash.xxh64]:
-        """Write the chunks to `work`, hashing as they go; the disk is touched off the loop."""
+        """Write the chunks to a new `work` file, hashing as they go."""
         digest = xxhash.xxh64()
         f = await self._in_executor(lambda: open(work, "wb"))  # noqa: SIM115
+        try:
+            size = await self._write_chunks(f, chunks, digest, 0)
+        finally:
+            await self._in_executor(f.close)
+        return size, digest
 
+    async def _write_chunks(self, f: IO[bytes], chunks: AsyncIterator[bytes],
+                            digest: xxhash.xxh64, limit: int) -> int:
+        """Write and hash the chunks; more than `limit` bytes (0: no limit) is a 413. The disk
+        is touched off the loop."""
         def flush(data: bytes) -> None:
             f.write(data)
             digest.update(data)
 
         size, buf = 0, bytearray()
+        async for chunk in chunks:
+            size += len(chunk)
+            if limit and size > limit:
+                raise TooLarge(f"more than {limit} bytes: over the node's object size limit")
+            buf += chunk
+            if len(buf) >= _WRITE_BUFFER:
+                data, buf = bytes(buf), bytearray()
+                await self._in_executor(functools.partial(flush, data))
+        await self._in_executor(lambda: flush(bytes(buf)))
+        return size
+
+    async def _open_stored(self, bck: Bucket, name: str) -> tuple[ObjectAttrs, IO[bytes]]:
+        """An object's catalog row and its bytes, opened together on the database thread. Every
+        rename into place runs there too, so the open file is the one the row describes, even
+        when the object is overwritten while the caller reads it."""
+        self.require_bucket(bck)
+
+        def get(conn: sqlite3.Connection) -> tuple[ObjectAttrs, IO[bytes]]:
+            row = conn.execute(
+                f"SELECT {_COLUMNS} FROM objects WHERE provider = ? AND bucket = ? AND name = ?",
+                (bck.provider, bck.name, name)).fetchone()
+            if row is None:
+                raise self.object_not_found(bck, name)
+            try:
+                f = open(self.object_file(bck, name), "rb")  # noqa: SIM115 - closed by caller
+            except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+                raise self.object_not_found(bck, name) from None  # removed by hand
+            return _row_to_attrs(row), f
+
+        return await self.db.run(get)
+
+    # -- objects: copy -------------------------------------------------------------------------
+    async def copy_object(self, src_bck: Bucket, src_name: str, dst_bck: Bucket,
+                          dst_name: str) -> ObjectAttrs:
+        """Copy an object's bytes and custom metadata to another name (in any bucket of this
+        node); the copy gets the destination's next version. The bytes land in a work file and
+        are committed like a PUT: a failed copy leaves the destination as it was."""
+        check_object_name(src_name)
+        check_object_name(dst_name)
+        if (src_bck, src_name) == (dst_bck, dst_name):
+            raise BadRequest(f"cannot copy {src_bck.cname}/{src_name} onto itself")
+        self.require_bucket(dst_bck)
+        attrs, src = await self._open_stored(src_bck, src_name)
+        work: Path | None = None
+        committed = False
         try:
-            async for chunk in chunks:
-                size += len(chunk)
-                buf += chunk
-                if len(buf) >= _WRITE_BUFFER:
-                    data, buf = bytes(buf), bytearray()
-                    await self._in_executor(functools.partial(flush, data))
-            await self._in_executor(lambda: flush(bytes(buf)))
+            work = await self._new_work_file(dst_bck, dst_name, PUT_TAG)
+            digest = xxhash.xxh64()
+            try:
+                size = await self._in_executor(
+                    functools.partial(_copy_into, src, work, digest))
+            except OSError as exc:
+                raise disk_error(exc, f"cannot copy to {dst_bck.cname}/{dst_name}") from exc
+            now = time.time_ns()
+            copied = await self.db.run(lambda conn: self.commit_in_txn(
+                conn, dst_bck, dst_name, work, size, digest.hexdigest(), attrs.custom, now))
+            committed = True
+            return copied
         finally:
-            await self._in_executor(f.close)
-        return size, digest
+            await self._in_executor(src.close)
+            if work is not None and not committed:
+                await self._in_executor(functools.partial(work.unlink, missing_ok=True))
+
+    # -- objects: append and flush -------------------------------------------------------------
+    async def append(self, bck: Bucket, name: str, handle: str, chunks: AsyncIterator[bytes],
+                     limit: int) -> str:
+        """Append the chunks to the object's pending bytes and return the handle to go on with.
+        No handle: a new append, starting from the object's stored bytes if it has any. The
+        bytes stay in a work file, invisible, until `flush_append`. A chunk that fails (cut
+        short, over `limit` bytes in all, a full disk) is taken back whole."""
+        check_object_name(name)
+        self.require_bucket(bck)
+        if not handle:
+            return await self._new_append(bck, name, chunks, limit)
+        entry = self.appends.take(handle, bck, name)
+        try:
+            async with entry.lock:
+                self.appends.check_open(entry, handle)
+                await self._append_chunks(entry, chunks, limit)
+        finally:
+            self.appends.release(entry)
+        return handle
+
+    async def _new_append(self, bck: Bucket, name: str, chunks: AsyncIterator[bytes],
+                          limit: int) -> str:
+        self.appends.check_room()  # before writing anything
+        work = await self._new_work_file(bck, name, APPEND_TAG)
+        entry = OpenAppend(bck, name, work, 0, xxhash.xxh64(), 0.0)
+        try:
+            try:
+                stored: IO[bytes] | None = (await self._open_stored(bck, name))[1]
+            except NotFound:
+                stored = None
+            try:
+                if stored is None:
+                    await self._in_executor(work.touch)
+                else:
+                    entry.size = await self._in_executor(
+                        functools.partial(_copy_into, stored, work, entry.digest))
+            except OSError as exc:
+                raise disk_error(exc, f"cannot append to {bck.cname}/{name}") from exc
+            finally:
+                if stored is not None:
+                    await self._in_executor(stored.close)
+            if limit and entry.size > limit:
+                raise TooLarge(f"{bck.cname}/{name} is over the node's object size limit")
+            await self._append_chunks(entry, chunks, limit)
+            handle = self.appends.open(entry)
+        except BaseException:
+            await self._in_executor(functools.partial(work.unlink, missing_ok=True))
+            raise
+        self._arm_reaper()
+        return handle
+
+    async def _append_chunks(self, entry: OpenAppend, chunks: AsyncIterator[bytes],
+                             limit: int) -> None:
+        before, digest = entry.size, entry.digest.copy()
+        f = await self._in_executor(lambda: open(entry.work, "ab"))  # noqa: SIM115
+        try:
+            try:
+                added = await self._write_chunks(f, chunks, digest,
+                                                 limit - before if limit else 0)
+            finally:
+                await self._in_executor(f.close)
+        except OSError as exc:
+            await self._in_executor(functools.partial(os.truncate, entry.work, before))
+            raise disk_error(exc, f"cannot append to {entry.bck.cname}/{entry.name}") from exc
+        except BaseException:
+            await self._in_executor(functools.partial(os.truncate, entry.work, before))
+            raise
+        entry.size, entry.digest = before + added, digest
+
+    async def flush_append(self, bck: Bucket, name: str, handle: str,
+                           cksum: tuple[str, str] | None) -> ObjectAttrs:
+        """Commit an append's bytes as the object (its next version, custom metadata cleared as
+        by a PUT). `cksum` = (type, value) of the whole object to verify. On any refusal the
+        handle stays open, its bytes as they were."""
+        check_object_name(name)
+        self.require_bucket(bck)
+        if not handle:
+            raise BadRequest("a flush needs the append_handle its appends returned")
+        entry = self.appends.take(handle, bck, name)
+        try:
+            async with entry.lock:
+                self.appends.check_open(entry, handle)
+                digest = entry.digest.hexdigest()
+                await self._in_executor(
+                    functools.partial(_verify_checksum, cksum, digest, entry.work))
+                now = time.time_ns()
+                attrs = await self.db.run(lambda conn: self.commit_in_txn(
+                    conn, bck, name, entry.work, entry.size, digest, {}, now))
+                self.appends.close(handle, entry)
+                return attrs
+        finally:
+            self.appends.release(entry)
+
+    def _arm_reaper(self) -> None:
+        if self._reaper is None or self._reaper.done():
+            self._reaper = asyncio.get_running_loop().create_task(self._reap_appends())
+
+    async def _reap_appends(self) -> None:
+        """While appends are open: drop those idle too long, with their work files."""
+        while len(self.appends):
+            await asyncio.sleep(self.appends.idle_timeout / 2)
+            for entry in self.appends.expired():
+                await self._in_executor(functools.partial(entry.work.unlink, missing_ok=True))
+                log.info("append to %s/%s dropped: no flush within %gs (%d bytes pending)",
+                         entry.bck.cname, entry.name, self.appends.idle_timeout, entry.size)
 
     async def update_custom(self, bck: Bucket, name: str, value: dict[str, str],
                             replace: bool) -> ObjectAttrs:
@@ -487,6 +665,17 @@ def _next_version(previous: str | None, props: Props) -> str:
     if previous is None or not previous.isdigit():
         return "1"
     return str(int(previous) + 1)
+
+
+def _copy_into(src: IO[bytes], work: Path, digest: xxhash.xxh64) -> int:
+    """Copy an open file into a new `work` file, hashing as it goes; the bytes copied."""
+    size = 0
+    with open(work, "wb") as out:
+        while chunk := src.read(_WRITE_BUFFER):
+            out.write(chunk)
+            digest.update(chunk)
+            size += len(chunk)
+    return size
 
 
 def _verify_checksum(cksum: tuple[str, str] | None, xxh64: str, work: Path) -> None:
