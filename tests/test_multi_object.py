@@ -15,6 +15,7 @@ from aistore.sdk import Client as SdkClient
 from aistore.sdk import ListObjectFlag
 from aistore.sdk.errors import InvalidBckProvider
 from aistore.sdk.multiobj import ObjectRange
+from aistore.sdk.types import AggregatedJobSnap, JobStatus
 
 from aisdl.db import Database
 from aisdl.jobs.multiobj import ACT_DELETE, MultiObjOps, parse_selection
@@ -171,6 +172,14 @@ def test_missing_listed_names_are_the_operations_error(tmp_path: Path) -> None:
     assert listed.status_json()["err"] == "ais://b/gone-1 does not exist (and 1 more error)"
     assert listed.status_json()["end_time"] > 0
     assert (ranged.objects, ranged.error_count, ranged.error) == (1, 0, "")
+    # the forms status queries answer with, as the SDK reads them
+    snaps = AggregatedJobSnap.model_validate({"t[node1]": [listed.snap_json()]})
+    snap = snaps.list_snapshots()[0]
+    assert (snap.id, snap.kind, snap.bucket.name) == (listed.id, "delete-listrange", "b")
+    assert snap.stats is not None and (snap.stats.objects, snap.stats.bytes) == (2, 10)
+    assert snaps.all_idle() and snap.end_time.startswith("20")
+    status = JobStatus.model_validate(listed.status_json())
+    assert status.uuid == listed.id and status.end_time > 0 and "gone-1" in status.err
 
 
 # -- remote buckets: prefetch (a download job) and evict ----------------------------------------

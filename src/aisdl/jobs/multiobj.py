@@ -163,16 +163,18 @@ class OpRecord:
         return {"uuid": self.id, "err": self.error, "end_time": self.ended_ns,
                 "aborted": self.aborted}
 
-    def snap_json(self, node: str) -> dict[str, Any]:
-        """AIS's xaction snapshot of one target (`what=qryxstats` answers `{node: [snap]}`)."""
+    def snap_json(self) -> dict[str, Any]:
+        """AIS's xaction snapshot (core.Snap) as this node's target reports it; a
+        `what=qryxstats` answer is `{"t[NODE_ID]": [snap, ...]}`. Counters go as strings."""
+        empty = {"name": "", "provider": "", "namespace": {"uuid": "", "name": ""}}
         return {
             "id": self.id, "kind": self.kind, "bck": self.bucket.to_json(),
-            "start_time": _rfc3339(self.started_ns), "end_time": _rfc3339(self.ended_ns),
-            "ctlmsg": self.what, "err": self.error, "aborted": self.aborted,
-            "finished": bool(self.ended_ns), "is_idle": bool(self.ended_ns),
-            "stats": {"loc-objs": self.objects, "loc-bytes": self.bytes, "out-objs": 0,
-                      "out-bytes": 0, "in-objs": 0, "in-bytes": 0},
-            "node": node,
+            "src-bck": empty, "dst-bck": empty,
+            "start-time": _rfc3339(self.started_ns), "end-time": _rfc3339(self.ended_ns),
+            "ctlmsg": self.what, "abort-err": "", "err": self.error, "glob.id": "0",
+            "stats": {"loc-objs": str(self.objects), "loc-bytes": str(self.bytes),
+                      "out-objs": "0", "out-bytes": "0", "in-objs": "0", "in-bytes": "0"},
+            "aborted": self.aborted, "is_idle": bool(self.ended_ns),
         }
 
 
