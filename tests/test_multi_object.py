@@ -158,7 +158,7 @@ def test_missing_listed_names_are_the_operations_error(tmp_path: Path) -> None:
             await store.put_object(bck, name, chunks(b"12345"))
         ops = MultiObjOps(store)
         listed = ops.start(ACT_DELETE, bck, parse_selection(
-            ACT_DELETE, {"objnames": ["x-1", "gone-1", "x-2", "gone-2"]})[0])
+            ACT_DELETE, {"objnames": ["x-1", "gone-1", "x-2", "x-1", "gone-2"]})[0])
         ranged = ops.start(ACT_DELETE, bck, parse_selection(
             ACT_DELETE, {"template": "x-{3..9}"})[0])
         await asyncio.gather(*ops._tasks.values())

@@ -120,11 +120,21 @@ def _names(action: str, names: list[Any]) -> tuple[str, ...]:
     if len(names) > MAX_OBJECTS:
         raise BadRequest(f"{action}: too many object names: {len(names)} (at most"
                          f" {MAX_OBJECTS} in one request)")
-    for name in names:
+    seen: set[str] = set()
+    for name in names:  # one Python loop, not C calls over all names: a thread that runs
+        # this gives the event loop its turns (a dict.fromkeys of 1M names held it for 0.8 s)
         if not isinstance(name, str):
             raise BadRequest(f"{action}: 'objnames' must be an array of strings")
         check_object_name(name)
-    return tuple(dict.fromkeys(names))  # each name once, in the order given
+        seen.add(name)
+    if len(seen) == len(names):
+        return tuple(names)
+    unique: list[str] = []
+    for name in names:  # each name once, in the order given
+        if name in seen:
+            seen.discard(name)
+            unique.append(name)
+    return tuple(unique)
 
 
 # -- delete and evict ----------------------------------------------------------------------------
