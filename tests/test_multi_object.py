@@ -85,6 +85,14 @@ def test_sdk_delete_template_and_prefix(sdk: SdkClient) -> None:
     assert "logs/1" not in _names(bck)
 
 
+def test_delete_prefix_non_recursive(sdk: SdkClient, inproc: InProcessNode) -> None:
+    bck = _filled(sdk, "del-nr", ["logs/1", "logs/2", "logs/old/3", "logsx"])
+    r = requests.delete(f"{inproc.endpoint}/v1/buckets/del-nr", timeout=5, json={
+        "action": "delete-listrange", "value": {"template": "logs/", "non-recurs": True}})
+    assert r.status_code == 200, r.text
+    until(lambda: _names(bck) == ["logs/old/3", "logsx"])
+
+
 def test_evict_and_prefetch_refuse_an_ais_bucket(sdk: SdkClient, inproc: InProcessNode) -> None:
     bck = _filled(sdk, "no-backend", ["a"])
     with pytest.raises(InvalidBckProvider):  # the SDK refuses before asking
@@ -226,6 +234,12 @@ def test_sdk_prefetch_then_evict_a_cloud_bucket(gcs_server: Any, gcs_node: Node)
     st = wait_job(gcs_node, job)
     assert (st["finished_cnt"], st["skipped_cnt"], st["error_cnt"]) == (6, 3, 0)
     assert _cached(sdk, bck) == names
+
+    # ranges in a directory part: the names are kept whole (not cut to their last element)
+    gcs_server.put_many(src, [(f"part-{i}/x.bin", payload(str(i), 50)) for i in range(2)])
+    st = wait_job(gcs_node, bck.objects(obj_template="part-{0..1}/x.bin").prefetch())
+    assert (st["finished_cnt"], st["error_cnt"]) == (2, 0)
+    assert _cached(sdk, bck) == names + ["part-0/x.bin", "part-1/x.bin"]
 
 
 def test_cli_prefetch_evict_rm(gcs_server: Any, gais: Ais) -> None:
