@@ -230,6 +230,31 @@ class Client:
                              "object_to": f"{to_bck.provider}/@#/{to_bck.name}/{to_name}"},
                      timeout=None)
 
+    # -- many objects: a list of names or a template (AIS `ListRange`) -----------------------
+    def delete_objects(self, bck: Bucket, names: list[str] | None = None,
+                       template: str = "") -> str:
+        """Start removing the objects (ais buckets); returns the operation's id."""
+        return self._listrange("DELETE", "delete-listrange", bck, names, template)
+
+    def evict_objects(self, bck: Bucket, names: list[str] | None = None,
+                      template: str = "") -> str:
+        """Start dropping the stored copies of a remote-backed bucket's objects."""
+        return self._listrange("DELETE", "evict-listrange", bck, names, template)
+
+    def prefetch_objects(self, bck: Bucket, names: list[str] | None = None,
+                         template: str = "", workers: int = 0) -> str:
+        """Start a download job of the objects from the bucket's backend; returns its id."""
+        extra = {"num-workers": workers} if workers else {}
+        return self._listrange("POST", "prefetch-listrange", bck, names, template, extra)
+
+    def _listrange(self, method: str, action: str, bck: Bucket, names: list[str] | None,
+                   template: str, extra: dict[str, Any] | None = None) -> str:
+        value = {"objnames": names} if names else {"template": template}
+        resp = self.request(method, f"buckets/{bck.name}", params={"provider": bck.provider},
+                            json_body={"action": action, "name": "",
+                                       "value": {**value, **(extra or {})}})
+        return resp.text.strip()
+
     # -- download jobs ----------------------------------------------------------------------
     def start_download(self, body: dict[str, Any]) -> str:
         job_id: str = self.request("POST", "download", json_body=body).json()["id"]

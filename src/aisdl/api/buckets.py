@@ -6,18 +6,32 @@ Go CLI work unchanged: list pages are msgpack when asked for, with a non-empty U
 
 from __future__ import annotations
 
+import asyncio
 import json
 import secrets
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import msgspec
 from aiohttp import web
 
-from aisdl.api.keys import NODE_ID, STORE
+from aisdl.api.download import BIG_REQUESTS
+from aisdl.api.keys import CONFIG, JOBS, NODE_ID, STORE
 from aisdl.api.remote import known_bucket, list_remote
 from aisdl.errors import BadRequest, TooLarge, parse_json
+from aisdl.jobs.multiobj import (
+    ACT_DELETE,
+    ACT_EVICT,
+    ACT_PREFETCH,
+    NotSupported,
+    parse_selection,
+    prefetch_spec,
+)
+from aisdl.jobs.request import JobSpec
 from aisdl.models import Bucket, ObjectAttrs, normalize_provider
+
+T = TypeVar("T")
 
 MAX_ACTION_BODY = 1 << 20
 MAX_PAGE_SIZE = 10000  # AIS's page size for ais buckets, also the default
@@ -99,7 +113,10 @@ async def get_bucket(request: web.Request) -> web.Response:
 
 
 async def post_bucket(request: web.Request) -> web.Response:
-    bck, msg = request_bucket(request), await read_action(request)
+    bck, msg = request_bucket(request), await _bucket_action(request)
+    if _action(msg) == ACT_PREFETCH:
+        assert msg is not None
+        return await _prefetch(request, bck, msg)
     if _action(msg) != "create-bck":
         raise unknown_action(msg, request)
     value = msg.get("value") if msg else None
@@ -110,7 +127,10 @@ async def post_bucket(request: web.Request) -> web.Response:
 
 
 async def delete_bucket(request: web.Request) -> web.Response:
-    bck, msg = request_bucket(request), await read_action(request)
+    bck, msg = request_bucket(request), await _bucket_action(request)
+    if _action(msg) in (ACT_DELETE, ACT_EVICT):
+        assert msg is not None
+        return await _delete_or_evict(request, bck, msg)
     if msg is not None and _action(msg) != "destroy-bck":
         raise unknown_action(msg, request)
     await request.app[STORE].destroy_bucket(bck)
@@ -142,6 +162,68 @@ async def patch_bucket(request: web.Request) -> web.Response:
     else:
         raise unknown_action(msg, request)
     return web.Response()
+
+
+# -- multi-object: delete, evict, prefetch a list or a template of names -------------------------
+LISTRANGE_ACTIONS = (ACT_DELETE, ACT_EVICT, ACT_PREFETCH)
+INLINE_ACTION = 64 << 10  # a bigger message (a long list of names) is handled on a thread
+
+
+async def _bucket_action(request: web.Request) -> dict[str, Any] | None:
+    """The action message of a bucket request. A list of names may be far longer than other
+    messages (up to a million names, within the node's body limit): such a message is parsed
+    on a thread, two at a time, so the node keeps answering meanwhile."""
+    if (request.content_length or 0) <= MAX_ACTION_BODY:
+        return await read_action(request)
+    msg = await _off_loop(request, parse_json, await request.read(), "request body")
+    if not isinstance(msg, dict) or _action(msg) not in LISTRANGE_ACTIONS:
+        raise TooLarge(f"request body is too large for {request.method} {request.path}:"
+                       f" {request.content_length} bytes (an action message holds at most"
+                       f" {MAX_ACTION_BODY}, unless it lists object names)")
+    return msg
+
+
+async def _off_loop(request: web.Request, fn: Callable[..., T], *args: Any) -> T:
+    """`fn(*args)` inline for a small request, on a thread for a big one."""
+    if (request.content_length or 0) <= INLINE_ACTION:
+        return fn(*args)
+    async with request.app[BIG_REQUESTS]:
+        return await asyncio.get_running_loop().run_in_executor(None, fn, *args)
+
+
+async def _delete_or_evict(request: web.Request, bck: Bucket, msg: dict[str, Any]) -> web.Response:
+    """AIS's answer is the id of the operation, which goes on in the background."""
+    action, store = _action(msg), request.app[STORE]
+    await known_bucket(request.app, bck)
+    remote = store.remote_of(bck)
+    if action == ACT_EVICT and remote is None:
+        raise BadRequest(f"{action}: expecting remote bucket (have {bck.cname}): only the"
+                         " copies of a remote bucket's objects can be evicted; to remove"
+                         " objects use delete-listrange (`ais object rm`)")
+    if action == ACT_DELETE and remote is not None:
+        raise NotSupported(f"{action}: {bck.cname} has a remote backend ({remote.cname}), and"
+                           " this node does not delete objects from remote buckets; to drop"
+                           " the copies stored here use evict-listrange (`ais evict`)")
+    selection, _ = await _off_loop(request, parse_selection, action, msg.get("value"))
+    op_id = request.app[JOBS].multiobj.start(action, bck, selection)
+    return web.Response(text=op_id)
+
+
+async def _prefetch(request: web.Request, bck: Bucket, msg: dict[str, Any]) -> web.Response:
+    """A download job from the bucket's backend; its id is the answer."""
+    await known_bucket(request.app, bck)
+    remote = request.app[STORE].remote_of(bck)
+    if remote is None:
+        raise BadRequest(f"{ACT_PREFETCH}: expecting remote bucket (have {bck.cname}): a"
+                         " bucket with no remote backend has nothing to prefetch")
+    max_connections = request.app[CONFIG].max_connections
+
+    def spec_of(value: Any) -> JobSpec:
+        selection, options = parse_selection(ACT_PREFETCH, value)
+        return prefetch_spec(bck, remote, selection, options, max_connections)
+
+    spec = await _off_loop(request, spec_of, msg.get("value"))
+    return web.Response(text=await request.app[JOBS].create(spec))
 
 
 # -- list objects --------------------------------------------------------------------------------

@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from aisdl.cli import buckets, download, node_cmds
+from aisdl.cli import buckets, download, node_cmds, objects_multi
 from aisdl.cli.context import CliContext
 from aisdl.cli.download import JobFailed, WatchInterrupted
 from aisdl.errors import AisdlError
@@ -54,6 +54,7 @@ def job() -> None:
 buckets.register(cli, bucket)
 download.register(cli, job)
 node_cmds.register(cli)
+objects_multi.register(cli)
 
 
 def main() -> None:

@@ -20,6 +20,7 @@ from aisdl.db import Database
 from aisdl.engine.pool import FetchPool
 from aisdl.errors import BadRequest, DatabaseRefused, NotFound
 from aisdl.jobs import records
+from aisdl.jobs.multiobj import MultiObjOps
 from aisdl.jobs.records import Counters, Cursor
 from aisdl.jobs.request import JobSpec, check_regex
 from aisdl.jobs.run import JobRun
@@ -64,6 +65,7 @@ class JobManager:
         self.runs: dict[str, JobRun] = {}
         self._fetcher: FetchPool | None = None
         self._resuming: asyncio.Task[None] | None = None
+        self.multiobj = MultiObjOps(store)  # deletes and evictions (prefetches are jobs here)
 
     async def start(self) -> None:
         """Before the node serves: the fetch workers, and no work files but those of unfinished
@@ -144,6 +146,7 @@ class JobManager:
             self._resuming.cancel()
             await asyncio.gather(self._resuming, return_exceptions=True)
         await asyncio.gather(*(r.shutdown() for r in self.runs.values()))
+        await self.multiobj.close()
         if self._fetcher is not None:
             await self._fetcher.aclose()
 

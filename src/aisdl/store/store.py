@@ -634,6 +634,28 @@ class Store:
 
         await self.db.run(delete)
 
+    async def delete_objects(self, bck: Bucket, names: list[str]) -> tuple[int, int, list[str]]:
+        """Remove those of `names` that are stored, in one transaction: (how many, their bytes,
+        the names that were not stored). Files go once the rows are gone for good."""
+        self.require_bucket(bck)
+
+        def delete(conn: sqlite3.Connection) -> tuple[dict[str, int], list[str]]:
+            found: dict[str, int] = {}
+            for i in range(0, len(names), _LOOKUP_BATCH):
+                batch = names[i:i + _LOOKUP_BATCH]
+                marks = ",".join("?" * len(batch))
+                found.update((r["name"], r["size"]) for r in conn.execute(
+                    f"DELETE FROM objects WHERE provider = ? AND bucket = ? AND name IN ({marks})"
+                    " RETURNING name, size", (bck.provider, bck.name, *batch)))
+            return found, [n for n in names if n not in found]
+
+        def unlink(result: tuple[dict[str, int], list[str]]) -> None:
+            for name in result[0]:
+                self._remove_file(bck, name)
+
+        found, missing = await self.db.run(delete, then=unlink) if names else ({}, [])
+        return len(found), sum(found.values()), missing
+
     def _remove_file(self, bck: Bucket, name: str) -> None:
         """Unlink an object's file and prune the directories it leaves empty, so the names of
         those directories are free for objects again."""
