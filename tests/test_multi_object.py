@@ -300,3 +300,18 @@ def test_cli_rm_on_an_ais_bucket(ais: Ais) -> None:
     assert listed() == ["z"]
     ais("object", "rm", "ais://plain", "--all")
     until(lambda: listed() == [])
+
+
+def test_sdk_waits_on_a_delete_and_reads_its_status(sdk: SdkClient) -> None:
+    objs = [f"w-{i}" for i in range(4)]
+    bck = _filled(sdk, "del-wait", objs)
+    job = bck.objects(obj_names=objs[:2]).delete()
+    sdk.job(job).wait(timeout=20, verbose=False)  # kind found by the id, as the SDK does
+    assert _names(bck) == objs[2:]
+    status = sdk.job(job, "delete-listrange").status()
+    assert status.end_time > 0 and not status.err
+    assert sdk.cluster().list_running_jobs("delete-listrange") == []  # it has ended
+    missing = bck.objects(obj_names=["w-2", "nope"]).delete()
+    sdk.job(missing, "delete-listrange").wait(timeout=20, verbose=False)
+    assert "nope" in sdk.job(missing, "delete-listrange").status().err
+    assert _names(bck) == ["w-3"]

@@ -31,7 +31,7 @@ from aisdl.jobs.manager import JobState
 from aisdl.models import Bucket, normalize_provider
 
 DOWNLOAD = "download"
-RUN_KINDS = frozenset({DOWNLOAD})  # the kinds of `JobState.kind`: those this node runs
+RUN_KINDS = frozenset({DOWNLOAD, "delete-listrange", "evict-listrange"})  # the kinds it runs
 USER_ABORT = "user abort"  # AIS's abort error for a job stopped by request
 GO_ZERO_TIME = "0001-01-01T00:00:00Z"  # how AIS writes "not yet" for a time
 EMPTY_BCK = {"name": "", "provider": "", "namespace": {"uuid": "", "name": ""}}
@@ -136,8 +136,8 @@ def check_kind(kind: str) -> None:
     if not kind or kind in RUN_KINDS:
         return
     if kind in AIS_JOB_KINDS:
-        raise NotSupported(f"job kind {kind!r} does not run on this node: it runs {DOWNLOAD}"
-                           " jobs only")
+        raise NotSupported(f"job kind {kind!r} does not run on this node: it runs"
+                           f" {', '.join(sorted(RUN_KINDS))} jobs only")
     raise BadRequest(f"invalid xaction (job) kind {kind[:100]!r}")
 
 
@@ -172,8 +172,8 @@ def go_time(ns: int) -> str:
 
 
 def _errors_text(job: JobState) -> str:
-    if not job.errors:
-        return ""
+    if job.error_text or not job.errors:
+        return job.error_text
     return (f"{job.errors} object(s) failed to download"
             f" (see `ais show job download {job.id} --verbose`)")
 
@@ -254,6 +254,8 @@ async def stop(request: web.Request, value: Any) -> web.Response:
         raise BadRequest(f"cannot stop {query.name}: expecting a job id and/or kind")
     if query.id and not jobs:
         raise _not_found(query)
+    if kinds := sorted({j.kind for j in jobs if j.kind != DOWNLOAD}):  # before stopping any
+        raise NotSupported(f"{', '.join(kinds)} jobs cannot be stopped on this node")
     for job in jobs:
         await request.app[JOBS].abort(job.id)
     return web.Response()

@@ -48,6 +48,7 @@ class JobState:
     finished_ns: int
     aborted: bool
     errors: int
+    error_text: str = ""  # what went wrong, where the kind words it itself (delete, evict)
 
 
 def new_job_id() -> str:
@@ -241,9 +242,13 @@ class JobManager:
         return {k: v for k, v in out.items() if v != []}
 
     async def states(self) -> list[JobState]:
-        """Every job of the node, oldest first."""
+        """Every job of the node, oldest first: download jobs, then the deletes and
+        evictions kept in memory (as AIS keeps them: not after a restart)."""
         rows = await self.db.run(records.job_states)
-        return [self._state(r) for r in rows]
+        ops = [JobState(op.id, op.kind, op.what, op.bucket, op.started_ns, op.ended_ns,
+                        op.aborted, op.error_count, op.error)
+               for op in self.multiobj.records.values()]
+        return [self._state(r) for r in rows] + ops
 
     def _state(self, row: sqlite3.Row) -> JobState:
         run = self._live(row["id"])
