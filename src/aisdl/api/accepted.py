@@ -70,36 +70,43 @@ class Accepts:
     body: Body = Body.NONE
 
 
+def names(*listed: str) -> frozenset[str]:
+    return frozenset(listed)
+
+
 BUCKET = {"provider": ANY, "namespace": GLOBAL_NAMESPACE}
 HEALTH = {"prr": BOOL, "readiness": BOOL, "apr": BOOL}  # one node: always ready, and primary
 DAEMON_WHAT = one_of("smap", "bmd", ais=ais_names.WHAT_VALUES)
 CLUSTER_WHAT = one_of("qryxstats", "status", "running_all", ais=ais_names.WHAT_VALUES)
 APPEND_TYPE = one_of("append", "flush")
-PUT_CKSUM = frozenset(("Ais-Checksum-Type", "Ais-Checksum-Value", "Ais-Custom-Md"))
 BUCKETS = "/v1/buckets/{bucket}"
 OBJECTS = "/v1/objects/{bucket}/{name}"
 
-# (method, route as the router spells it) → what it carries out.
+# (method, route as the router spells it) → what it carries out. Carried out on other branches
+# of the same work, not merged yet: object_to, latest-ver, synchronize, append_type,
+# append_handle (copy, append); arch* (reading inside shards); the *-listrange actions; and
+# GET /v1/cluster (the SDK's job API).
 ROUTES: dict[tuple[str, str], Accepts] = {
-    ("GET", "/v1/buckets"): Accepts(BUCKET, frozenset({"list"}), body=Body.ACTION),
-    ("GET", BUCKETS): Accepts(BUCKET, frozenset({"list"}), body=Body.ACTION),
-    ("POST", BUCKETS): Accepts(BUCKET, frozenset({"create-bck", "prefetch-listrange"}),
+    ("GET", "/v1/buckets"): Accepts(BUCKET, names("list"), body=Body.ACTION),
+    ("GET", BUCKETS): Accepts(BUCKET, names("list"), body=Body.ACTION),
+    ("POST", BUCKETS): Accepts(BUCKET, names("create-bck", "prefetch-listrange"),
                                body=Body.ACTION),
-    ("DELETE", BUCKETS): Accepts(BUCKET, frozenset({"destroy-bck", "delete-listrange",
-                                                    "evict-listrange"}), body=Body.ACTION),
+    ("DELETE", BUCKETS): Accepts(BUCKET, names("destroy-bck", "delete-listrange",
+                                               "evict-listrange"), body=Body.ACTION),
     ("HEAD", BUCKETS): Accepts(BUCKET),
-    ("PATCH", BUCKETS): Accepts(BUCKET, frozenset({"set-bprops", "reset-bprops"}),
-                                body=Body.ACTION),
+    ("PATCH", BUCKETS): Accepts(BUCKET, names("set-bprops", "reset-bprops"), body=Body.ACTION),
     ("PUT", OBJECTS): Accepts({**BUCKET, "object_to": ANY, "latest-ver": FALSE_ONLY,
                                "synchronize": FALSE_ONLY, "append_type": APPEND_TYPE,
-                               "append_handle": ANY}, headers=PUT_CKSUM, body=Body.DATA),
+                               "append_handle": ANY},
+                              headers=names("Ais-Checksum-Type", "Ais-Checksum-Value",
+                                            "Ais-Custom-Md"), body=Body.DATA),
     ("GET", OBJECTS): Accepts({**BUCKET, "archpath": ANY, "archregx": ANY, "archmode": ANY,
                                "archmime": ANY}),
     ("HEAD", OBJECTS): Accepts({**BUCKET, "props": ANY}),
-    ("DELETE", OBJECTS): Accepts(BUCKET, frozenset({"delete"}), body=Body.ACTION),
+    ("DELETE", OBJECTS): Accepts(BUCKET, names("delete"), body=Body.ACTION),
     ("PATCH", OBJECTS): Accepts({**BUCKET, "set-new-custom": BOOL}, body=Body.ACTION),
     ("GET", "/v1/daemon"): Accepts({"what": DAEMON_WHAT}),
-    ("PUT", "/v1/daemon"): Accepts(actions=frozenset({"shutdown-node"}), body=Body.ACTION),
+    ("PUT", "/v1/daemon"): Accepts(actions=names("shutdown-node"), body=Body.ACTION),
     ("GET", "/v1/health"): Accepts(HEALTH),
     ("GET", "/v1/cluster"): Accepts({"what": CLUSTER_WHAT}, body=Body.JSON),
     ("POST", "/v1/download"): Accepts(body=Body.JSON),
