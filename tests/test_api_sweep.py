@@ -298,6 +298,12 @@ def _sweep_route(sweep: Sweep, route: tuple[str, str], sample: Sample) -> None:
         if not here:
             r = replace(sample, query={**sample.query, name: "true"}).send(s, endpoint)
             check_refused(r, name, 501 if name in ais_names.QUERY_PARAMS else 400)
+    # a value outside those an accepted parameter takes
+    for name, values in sorted(rule.params.items()):
+        if values.accepted is not None:
+            sweep.count("value", False)
+            r = replace(sample, query={**sample.query, name: "bogus"}).send(s, endpoint)
+            check_refused(r, name, 501 if values.ais is None else 400)
     sweep.unchanged(route, "query parameters")
     # values of `what`, where a route takes it
     what = rule.params.get("what")
