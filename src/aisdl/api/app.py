@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from aisdl.api import buckets, cluster, download, keys, objects
-from aisdl.api.middleware import MAX_REQUEST_BODY, ais_errors
+from aisdl.api.middleware import MAX_REQUEST_BODY, ais_errors, only_what_is_carried_out
 from aisdl.config import NodeConfig
 from aisdl.db import Database
 from aisdl.jobs.manager import JobManager
@@ -17,7 +17,8 @@ from aisdl.store.store import Store
 
 
 def create_app(config: NodeConfig) -> web.Application:
-    app = web.Application(middlewares=[ais_errors], client_max_size=MAX_REQUEST_BODY)
+    app = web.Application(middlewares=[ais_errors, only_what_is_carried_out],
+                          client_max_size=MAX_REQUEST_BODY)
     app[keys.CONFIG] = config
     app[keys.NODE_ID] = _node_id(config)
     app.cleanup_ctx.append(_resources)

@@ -8,6 +8,7 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
+from aisdl.api.accepted import refuse_unsupported
 from aisdl.api.keys import NODE_ID
 from aisdl.errors import AisdlError
 
@@ -58,3 +59,12 @@ async def ais_errors(request: web.Request, handler: Handler) -> web.StreamRespon
     except Exception:
         log.exception("unhandled error in %s %s", request.method, request.path)
         return error_response(request, 500, "internal server error (see the node log)")
+
+
+@web.middleware
+async def only_what_is_carried_out(request: web.Request,
+                                   handler: Handler) -> web.StreamResponse:
+    """A query parameter, action or `Ais-*` header its route does not carry out is refused
+    before the handler runs (api/accepted.py); inside `ais_errors`, which words the refusal."""
+    await refuse_unsupported(request)
+    return await handler(request)

@@ -19,6 +19,7 @@ import aiohttp
 from aiohttp import web
 from multidict import CIMultiDict
 
+from aisdl.api.accepted import is_true
 from aisdl.api.buckets import read_action, request_bucket, unknown_action
 from aisdl.api.keys import CONFIG, NODE_ID, STORE
 from aisdl.api.middleware import error_response
@@ -342,7 +343,7 @@ async def patch_object(request: web.Request) -> web.Response:
     if msg is None or _action_of(msg) != "":
         raise unknown_action(msg, request)
     custom = _custom_md(msg.get("value"))
-    replace = request.query.get("set-new-custom", "").lower() == "true"
+    replace = is_true(request.query.get("set-new-custom", ""))
     await store.update_custom(bck, name, custom, replace)
     return web.Response()
 
