@@ -77,15 +77,13 @@ def names(*listed: str) -> frozenset[str]:
 BUCKET = {"provider": ANY, "namespace": GLOBAL_NAMESPACE}
 HEALTH = {"prr": BOOL, "readiness": BOOL, "apr": BOOL}  # one node: always ready, and primary
 DAEMON_WHAT = one_of("smap", "bmd", ais=ais_names.WHAT_VALUES)
-CLUSTER_WHAT = one_of("qryxstats", "status", "running_all", ais=ais_names.WHAT_VALUES)
+CLUSTER_WHAT = one_of("qryxstats", "status", "status_all", "running_all", "smap", "bmd",
+                      ais=ais_names.WHAT_VALUES)
 APPEND_TYPE = one_of("append", "flush")
 BUCKETS = "/v1/buckets/{bucket}"
 OBJECTS = "/v1/objects/{bucket}/{name}"
 
-# (method, route as the router spells it) → what it carries out. Carried out on other branches
-# of the same work, not merged yet: object_to, latest-ver, synchronize, append_type,
-# append_handle (copy, append); arch* (reading inside shards); the *-listrange actions; and
-# GET /v1/cluster (the SDK's job API).
+# (method, route as the router spells it) → what it carries out.
 ROUTES: dict[tuple[str, str], Accepts] = {
     ("GET", "/v1/buckets"): Accepts(BUCKET, names("list"), body=Body.ACTION),
     ("GET", BUCKETS): Accepts(BUCKET, names("list"), body=Body.ACTION),
@@ -109,6 +107,7 @@ ROUTES: dict[tuple[str, str], Accepts] = {
     ("PUT", "/v1/daemon"): Accepts(actions=names("shutdown-node"), body=Body.ACTION),
     ("GET", "/v1/health"): Accepts(HEALTH),
     ("GET", "/v1/cluster"): Accepts({"what": CLUSTER_WHAT}, body=Body.JSON),
+    ("PUT", "/v1/cluster"): Accepts(actions=names("stop", "start"), body=Body.ACTION),
     ("POST", "/v1/download"): Accepts(body=Body.JSON),
     ("GET", "/v1/download"): Accepts(body=Body.JSON),
     ("HEAD", "/v1/download"): Accepts(body=Body.JSON),

@@ -34,6 +34,7 @@ from aisdl.models import Bucket, ObjectAttrs, normalize_provider
 T = TypeVar("T")
 
 MAX_ACTION_BODY = 1 << 20
+ACTION_MSG = "aisdl.action_message"  # where a request keeps its parsed action message
 MAX_PAGE_SIZE = 10000  # AIS's page size for ais buckets, also the default
 FLAG_CACHED, FLAG_NAME_ONLY, FLAG_NAME_SIZE, FLAG_NOT_CACHED = 1, 1 << 4, 1 << 5, 1 << 9
 ENTRY_PRESENT = 64  # entry flag: a copy is stored here (SDK `is_cached()`)
@@ -61,17 +62,26 @@ def request_bucket(request: web.Request) -> Bucket:
 
 
 async def read_action(request: web.Request) -> dict[str, Any] | None:
-    """The action message `{"action", "name", "value"}` of a request, None when it has no body.
-    It is parsed on the event loop, so it is bounded well below the node's body limit."""
+    """The action message `{"action", "name", "value"}` of a request, None when it has no body;
+    read once per request (the route check of api/accepted.py reads it before the handler).
+    A message is bounded well below the node's body limit, unless it lists object names (up to
+    a million): such a message is parsed on a thread, two at a time, so the node keeps
+    answering meanwhile."""
+    if ACTION_MSG in request:
+        cached: dict[str, Any] | None = request[ACTION_MSG]
+        return cached
     body = await request.read()
-    if len(body) > MAX_ACTION_BODY:
-        raise TooLarge(f"request body is too large for {request.method} {request.path}:"
-                       f" {len(body)} bytes (an action message holds at most {MAX_ACTION_BODY})")
-    if not body.strip():
-        return None
-    msg = parse_json(body, "request body")
-    if not isinstance(msg, dict):
+    if len(body) <= MAX_ACTION_BODY:
+        msg = parse_json(body, "request body") if body.strip() else None
+    else:
+        msg = await _off_loop(request, parse_json, body, "request body")
+        if not isinstance(msg, dict) or _action(msg) not in LISTRANGE_ACTIONS:
+            raise TooLarge(f"request body is too large for {request.method} {request.path}:"
+                           f" {len(body)} bytes (an action message holds at most"
+                           f" {MAX_ACTION_BODY}, unless it lists object names)")
+    if msg is not None and not isinstance(msg, dict):
         raise BadRequest("request body must be a JSON object (an action message)")
+    request[ACTION_MSG] = msg
     return msg
 
 
@@ -113,7 +123,7 @@ async def get_bucket(request: web.Request) -> web.Response:
 
 
 async def post_bucket(request: web.Request) -> web.Response:
-    bck, msg = request_bucket(request), await _bucket_action(request)
+    bck, msg = request_bucket(request), await read_action(request)
     if _action(msg) == ACT_PREFETCH:
         assert msg is not None
         return await _prefetch(request, bck, msg)
@@ -127,7 +137,7 @@ async def post_bucket(request: web.Request) -> web.Response:
 
 
 async def delete_bucket(request: web.Request) -> web.Response:
-    bck, msg = request_bucket(request), await _bucket_action(request)
+    bck, msg = request_bucket(request), await read_action(request)
     if _action(msg) in (ACT_DELETE, ACT_EVICT):
         assert msg is not None
         return await _delete_or_evict(request, bck, msg)
@@ -167,20 +177,6 @@ async def patch_bucket(request: web.Request) -> web.Response:
 # -- multi-object: delete, evict, prefetch a list or a template of names -------------------------
 LISTRANGE_ACTIONS = (ACT_DELETE, ACT_EVICT, ACT_PREFETCH)
 INLINE_ACTION = 64 << 10  # a bigger message (a long list of names) is handled on a thread
-
-
-async def _bucket_action(request: web.Request) -> dict[str, Any] | None:
-    """The action message of a bucket request. A list of names may be far longer than other
-    messages (up to a million names, within the node's body limit): such a message is parsed
-    on a thread, two at a time, so the node keeps answering meanwhile."""
-    if (request.content_length or 0) <= MAX_ACTION_BODY:
-        return await read_action(request)
-    msg = await _off_loop(request, parse_json, await request.read(), "request body")
-    if not isinstance(msg, dict) or _action(msg) not in LISTRANGE_ACTIONS:
-        raise TooLarge(f"request body is too large for {request.method} {request.path}:"
-                       f" {request.content_length} bytes (an action message holds at most"
-                       f" {MAX_ACTION_BODY}, unless it lists object names)")
-    return msg
 
 
 async def _off_loop(request: web.Request, fn: Callable[..., T], *args: Any) -> T:
