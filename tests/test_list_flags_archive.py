@@ -190,7 +190,7 @@ def test_get_members_that_match_is_a_tar_of_them(shards: Any) -> None:
     key = ArchiveConfig(regex="0001", mode=ArchiveMode.WDSKEY)
     data = bytes(shards.object("a.tar").get_reader(archive_config=key).read_all())
     with tarfile.open(fileobj=io.BytesIO(data)) as tf:
-        assert sorted(tf.getnames()) == ["0001.cls", "0001.jpg"]
+        assert tf.getnames() == ["0001.jpg", "0001.cls"]  # in the shard's order, as AIS sends
     none = ArchiveConfig(regex="^nothing", mode=ArchiveMode.REGEXP)
     with pytest.raises(ErrObjNotFound):
         shards.object("a.tar").get_reader(archive_config=none).read_all()

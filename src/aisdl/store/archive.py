@@ -87,26 +87,33 @@ def check_member_name(name: str) -> str:
 
 
 # -- listing -------------------------------------------------------------------------------------
-_lists: collections.OrderedDict[tuple[str, int, int, int], list[Member]] = (
-    collections.OrderedDict())
+class _Listed(NamedTuple):
+    in_order: list[Member]  # as stored: a multi-file GET answers in this order, as AIS does
+    by_name: list[Member]  # as listed
+
+
+_lists: collections.OrderedDict[tuple[str, int, int, int], _Listed] = collections.OrderedDict()
 _lists_lock = threading.Lock()
 
 
-def list_members(path: str, kind: str, label: str) -> list[Member]:
-    """The archive's files (directories left out), sorted by name. Recently listed archives
-    are remembered by (path, inode, size, mtime), so paging through a big shard reads it once."""
+def list_members(path: str, kind: str, label: str, *, by_name: bool = True) -> list[Member]:
+    """The archive's files (directories left out), sorted by name or as stored. Recently listed
+    archives are remembered by (path, inode, size, mtime), so paging through a big shard reads
+    it once."""
     st = os.stat(path)
     key = (path, st.st_ino, st.st_size, st.st_mtime_ns)
     with _lists_lock:
-        if key in _lists:
+        listed = _lists.get(key)
+        if listed is not None:
             _lists.move_to_end(key)
-            return _lists[key]
-    members = sorted(_scan(path, kind, label), key=lambda m: m.name)
-    with _lists_lock:
-        _lists[key] = members
-        while len(_lists) > _CACHED_LISTS:
-            _lists.popitem(last=False)
-    return members
+    if listed is None:
+        in_order = list(_scan(path, kind, label))
+        listed = _Listed(in_order, sorted(in_order, key=lambda m: m.name))
+        with _lists_lock:
+            _lists[key] = listed
+            while len(_lists) > _CACHED_LISTS:
+                _lists.popitem(last=False)
+    return listed.by_name if by_name else listed.in_order
 
 
 def _scan(path: str, kind: str, label: str) -> Iterator[Member]:
@@ -153,7 +160,7 @@ def open_member(path: str, kind: str, member: str, label: str) -> tuple[io.RawIO
     """An open reader of one member's bytes, and its size; 404 when the archive lacks it."""
     wanted = _clean(member)
     if kind == TAR:
-        for m in list_members(path, kind, label):
+        for m in list_members(path, kind, label, by_name=False):  # the first of a name
             if m.name == wanted:
                 f = open(path, "rb")  # noqa: SIM115 - the caller closes it
                 f.seek(m.offset)
@@ -253,7 +260,7 @@ def _matching(path: str, kind: str, selected: re.Pattern[str] | tuple[str, str],
               label: str) -> Iterator[tuple[str, int, IO[bytes]]]:
     if kind == TAR:
         with open(path, "rb") as f:
-            for m in list_members(path, kind, label):
+            for m in list_members(path, kind, label, by_name=False):
                 if matches(selected, m.name):
                     f.seek(m.offset)
                     yield m.name, m.size, f
