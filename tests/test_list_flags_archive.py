@@ -173,6 +173,11 @@ def test_get_one_member_of_a_shard(shards: Any) -> None:
     assert member("a.tar", "0001.cls") == b"7"
     assert member("b.tar.gz", "x.txt") == b"xx"
     assert member("c.zip", "z/1.txt") == b"zip one"
+    assert member("a.tar", "a.tar/0001.cls") == b"7"  # as the listing names it
+    with pytest.raises(AISError) as ranged:  # AIS: archived content is not range-read
+        shards.object("a.tar").get_reader(archive_config=ArchiveConfig(archpath="0001.jpg"),
+                                          byte_range="bytes=0-9").read_all()
+    assert ranged.value.status_code == 501
     with pytest.raises(ErrObjNotFound) as err:
         member("a.tar", "missing.jpg")
     assert "missing.jpg in ais://shards/a.tar does not exist" in str(err.value)
@@ -219,3 +224,52 @@ def test_usage_lines_name_the_arguments(ais: Ais) -> None:
     for args, line in usage.items():
         out = ais(*args, "--help").stdout
         assert out.splitlines()[0] == line, (args, out)
+
+
+def test_a_broken_shard_fails_the_listing_with_its_name(client: Client) -> None:
+    bck = client.bucket("broken").create(exist_ok=True)
+    bck.object("bad.tar.gz").get_writer().put_content(b"\x1f\x8b not really gzip")
+    with pytest.raises(AISError) as err:
+        bck.list_all_objects(flags=[ARCH])
+    assert err.value.status_code == 400
+    assert "ais://broken/bad.tar.gz: not a valid tar.gz archive" in str(err.value)
+    assert _names(bck.list_all_objects()) == ["bad.tar.gz"]  # listed as an object, as ever
+
+
+# -- bounds and matching (no server) -------------------------------------------------------------
+def test_archive_reads_are_bounded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from aisdl.errors import BadRequest, TooLarge
+    from aisdl.store import archive
+
+    many = tmp_path / "many.tar"
+    many.write_bytes(_tar({f"f{i}": b"x" for i in range(5)}))
+    monkeypatch.setattr(archive, "MAX_MEMBERS", 4)
+    with pytest.raises(TooLarge, match="more than 4 files"):
+        archive.list_members(str(many), archive.TAR, "ais://b/many.tar")
+    long_name = tmp_path / "long.tar"
+    long_name.write_bytes(_tar({"n" * 2000: b"x"}))
+    with pytest.raises(BadRequest, match="longer than 1024 bytes"):
+        archive.list_members(str(long_name), archive.TAR, "ais://b/long.tar")
+    with pytest.raises(BadRequest, match="invalid archpath"):
+        archive.check_member_name("m" * 1025)
+    with pytest.raises(BadRequest, match="invalid archmode"):
+        archive.matcher("x", "glob")
+    with pytest.raises(BadRequest, match="invalid archregx"):
+        archive.matcher("(", "regexp")
+
+
+@pytest.mark.parametrize(("regex", "mode", "name", "hit"), [
+    ("file2", "prefix", "file2.txt", True),
+    ("file2", "prefix", "dir/file2.txt", False),
+    (".cls", "suffix", "a/b.cls", True),
+    ("b/c", "substr", "a/b/c.jpg", True),
+    ("a/0001", "wdskey", "a/0001.jpg", True),
+    ("0001", "wdskey", "0001.tar.jpg", False),
+    (r"\d{4}\.jpg$", "regexp", "x/0001.jpg", True),
+    ("", "regexp", "anything", True),
+    ("*", "prefix", "anything", True),
+])
+def test_match_modes_as_ais_reads_them(regex: str, mode: str, name: str, hit: bool) -> None:
+    from aisdl.store import archive
+
+    assert archive.matches(archive.matcher(regex, mode), name) is hit

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 from aiohttp import web
 
-from aisdl.errors import BadRequest
+from aisdl.errors import BadRequest, NotSupported
 from aisdl.models import Bucket
 from aisdl.store import archive
 from aisdl.store.store import Store
@@ -30,6 +30,11 @@ async def get_from_archive(request: web.Request, store: Store, bck: Bucket,
                          f" {', '.join(archive.MATCH_MODES)})")
     if not member and not mode:
         raise BadRequest("archmime needs archpath, or archregx with archmode")
+    if request.headers.get("Range"):
+        raise NotSupported(f"cannot range-read archived content (range:"
+                           f" {request.headers['Range']}, {label}) - operation not supported")
+    if member.startswith(name + "/"):  # AIS takes `shard.tar/file` as the listing shows it
+        member = member[len(name) + 1:]
     loop = asyncio.get_running_loop()
     kind = await loop.run_in_executor(None, _kind, path, name, q.get("archmime", ""), label)
     if member:
