@@ -35,8 +35,14 @@ FLAG_DIFF, FLAG_NO_DIRS, FLAG_IS_S3, FLAG_INVENTORY = 1 << 12, 1 << 13, 1 << 14,
 # listing (dont-head-remote). no-dirs: our cloud listings have no directory entries, and AIS
 # itself still lists directories of a non-recursive listing of its own buckets with it (the
 # SDK's tests assert that).
+FLAGS_NO_EFFECT = (FLAG_MISSING | FLAG_DELETED | FLAG_BCK_PRESENT | FLAG_DONT_HEAD_REMOTE
+                   | FLAG_ONLY_REMOTE_PROPS | FLAG_NO_DIRS)
+FLAGS_CARRIED_OUT = (FLAG_CACHED | FLAG_ARCH_DIR | FLAG_NAME_ONLY | FLAG_NAME_SIZE
+                     | FLAG_NO_RECURSION)
 FLAGS_UNSUPPORTED = {FLAG_DIFF: "diff", FLAG_IS_S3: "s3", FLAG_INVENTORY: "inventory"}
-FLAGS_KNOWN = (1 << 16) - 1
+# ... and two checked case by case (_check_flags); any other bit is refused as unknown
+FLAGS_KNOWN = (FLAGS_NO_EFFECT | FLAGS_CARRIED_OUT | FLAG_DONT_ADD_REMOTE | FLAG_NOT_CACHED
+               | sum(FLAGS_UNSUPPORTED))
 # Entry flags (spec 7.4)
 ENTRY_PRESENT = 64  # a copy is stored here (SDK `is_cached()`)
 ENTRY_IN_ARCHIVE, ENTRY_IS_DIR, ENTRY_IS_ARCHIVE = 128, 256, 512
