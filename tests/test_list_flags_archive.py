@@ -273,3 +273,33 @@ def test_match_modes_as_ais_reads_them(regex: str, mode: str, name: str, hit: bo
     from aisdl.store import archive
 
     assert archive.matches(archive.matcher(regex, mode), name) is hit
+
+
+# -- a cloud bucket ------------------------------------------------------------------------------
+@pytest.fixture
+def s3_node(tmp_path: Path, s3_server: Any) -> Iterator[Any]:
+    from conftest import Node
+    from helpers import free_port
+
+    n = Node(free_port(), tmp_path / "home", tmp_path / "node.log", env=s3_server.env)
+    n.start()
+    yield n
+    n.stop()
+
+
+def test_cloud_listing_refuses_what_it_cannot_do_and_adds_no_bucket(
+        s3_server: Any, s3_node: Any) -> None:
+    name = s3_server.new_bucket()
+    s3_server.put_many(name, [("d/a.tar", _tar({"m": b"1"})), ("d/e/f", b"2"), ("g", b"3")])
+    client = Client(s3_node.endpoint)
+    bck = client.bucket(name, provider="aws")
+    for flags in ([NR], [ARCH], [ListObjectFlag.NOT_CACHED],
+                  [ListObjectFlag.DONT_ADD_REMOTE]):
+        with pytest.raises(AISError) as err:
+            bck.list_objects(flags=flags)
+        assert err.value.status_code == 501, flags
+        assert client.cluster().list_buckets(provider="aws") == []  # nothing became known
+    assert _names(bck.list_all_objects()) == ["d/a.tar", "d/e/f", "g"]
+    assert [b.name for b in client.cluster().list_buckets(provider="aws")] == [name]
+    # what is stored here (nothing yet) is listed with them
+    assert bck.list_all_objects(flags=[ListObjectFlag.CACHED, NR, ARCH]) == []

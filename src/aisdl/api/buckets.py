@@ -171,19 +171,16 @@ async def patch_bucket(request: web.Request) -> web.Response:
 async def _list_objects(request: web.Request, bck: Bucket, lso: dict[str, Any]) -> web.Response:
     store = request.app[STORE]
     flags = _uint(lso.get("flags"), "flags")
-    if flags & FLAG_DONT_ADD_REMOTE and bck.is_remote and not store.has_bucket(bck):
-        raise NotSupported(f"listing {bck.cname}: flag 'dont-add-remote' is not supported: a"
-                           " cloud bucket this node lists becomes one of its buckets")
-    await known_bucket(request.app, bck)
-    remote = store.remote_of(bck)
-    lists_remote = remote is not None and not flags & FLAG_CACHED
-    _check_flags(bck, flags, lists_remote)
     page_size = _uint(lso.get("pagesize"), "pagesize")
     page_size = MAX_PAGE_SIZE if page_size == 0 else min(page_size, MAX_PAGE_SIZE)
     props = _list_props(_lso_text(lso, "props"), flags)
     uuid = _lso_text(lso, "uuid") or secrets.token_urlsafe(8)  # never empty: see 7.5
     after = max(_lso_text(lso, "continuation_token"), _lso_text(lso, "start_after"))
     prefix = _lso_text(lso, "prefix")
+    remote = store.remote_of(bck)  # (a cloud bucket is its own remote, known or not yet)
+    lists_remote = remote is not None and not flags & FLAG_CACHED
+    _check_flags(bck, flags, lists_remote, store.has_bucket(bck))
+    await known_bucket(request.app, bck)  # a cloud bucket becomes known: only once all is checked
     if lists_remote:
         assert remote is not None
         objs, held = await list_remote(request.app, bck, remote, prefix, after, page_size)
@@ -215,8 +212,9 @@ _ENTRY_FLAGS = {OBJECT: ENTRY_PRESENT, ARCHIVE: ENTRY_PRESENT | ENTRY_IS_ARCHIVE
                 MEMBER: ENTRY_PRESENT | ENTRY_IN_ARCHIVE, DIR: ENTRY_IS_DIR}
 
 
-def _check_flags(bck: Bucket, flags: int, lists_remote: bool) -> None:
-    """Refuse the flags this listing would not honour, before anything is listed."""
+def _check_flags(bck: Bucket, flags: int, lists_remote: bool, known: bool) -> None:
+    """Refuse the flags this listing would not honour, before anything is listed or a cloud
+    bucket becomes known."""
     def refuse(what: str, why: str) -> NotSupported:
         return NotSupported(f"listing {bck.cname}: flag {what!r} {why}")
 
@@ -233,6 +231,9 @@ def _check_flags(bck: Bucket, flags: int, lists_remote: bool) -> None:
         if not lists_remote:
             raise BadRequest(f"listing {bck.cname}: 'not-cached' requires a remote bucket")
         raise refuse("not-cached", "is not supported by this node")
+    if flags & FLAG_DONT_ADD_REMOTE and bck.is_remote and not known:
+        raise refuse("dont-add-remote", "is not supported: a cloud bucket this node lists"
+                     " becomes one of its buckets")
     if lists_remote:
         for bit, name in ((FLAG_NO_RECURSION, "no-recursion"), (FLAG_ARCH_DIR, "arch-dir")):
             if flags & bit:
