@@ -56,10 +56,11 @@ TESTED_IN: dict[str, str] = {
     "synchronize": "test_object_copy_append.py::test_copy_refusals_change_nothing",
     "append_type": "test_object_copy_append.py::test_append_content_is_invisible_until_flush",
     "append_handle": "test_object_copy_append.py::test_append_refusals_change_nothing",
-    "archpath": f"{PENDING} api-listing (reading inside shards)",
-    "archregx": f"{PENDING} api-listing (reading inside shards)",
-    "archmode": f"{PENDING} api-listing (reading inside shards)",
-    "archmime": f"{PENDING} api-listing (reading inside shards)",
+    "archpath": "test_list_flags_archive.py::test_get_one_member_of_a_shard",
+    "archregx": "test_list_flags_archive.py::test_get_members_that_match_is_a_tar_of_them",
+    "archmode": "test_list_flags_archive.py::test_get_members_that_match_is_a_tar_of_them",
+    "archmime":
+        "test_list_flags_archive.py::test_archmime_names_the_kind_of_a_shard_without_an_extension",
     # values of `what`
     "what=smap": "test_rest_buckets_objects.py::test_smap_bmd_health",
     "what=bmd": "test_rest_buckets_objects.py::test_smap_bmd_health",

@@ -17,7 +17,7 @@ def test_create_as_in_the_users_document(ais: Ais) -> None:
     assert 'bucket "ais://ubuntu" already exists' in again.stderr
     assert "Traceback" not in again.stderr
     assert ais("bucket", "create", "b3").returncode == 0
-    assert ais("ls").stdout.splitlines() == ["NAME", "ais://b3", "ais://local-lpr",
+    assert ais("ls").stdout.splitlines() == ["Name", "ais://b3", "ais://local-lpr",
                                              "ais://ubuntu"]
     assert ais("create", "bad/name", check=False).returncode == 2
     assert ais("bucket", "rm", "ais://b3").stdout == '"ais://b3" bucket destroyed\n'
@@ -35,7 +35,7 @@ def test_put_ls_get(ais: Ais, tmp_path: Path) -> None:
     ais("put", src, "ais://data/dir/renamed.bin")
     ais("put", src, "ais://data/dir/renamed.bin")  # overwrite: version 2
     lines = ais("ls", "ais://data").stdout.splitlines()
-    assert lines == ["NAME\tSIZE\tVERSION", "dir/renamed.bin\t2.93KiB\t2",
+    assert lines == ["Name\tSize\tVersion", "dir/renamed.bin\t2.93KiB\t2",
                      "file.bin\t2.93KiB\t1"]
     assert ais("ls", "-H", "--prefix", "dir/", "ais://data").stdout.splitlines() == [
         "dir/renamed.bin\t2.93KiB\t2"]

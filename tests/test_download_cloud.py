@@ -95,7 +95,7 @@ def test_seed_prefix_range_and_object_list(gcs_server, cais, tmp_path):
                                                       "ais://lpr-vision-copy").stdout)]
     assert names == ["dir/prefix-a", "dir/prefix-b"]
     full = _lines(cais("ls", "ais://lpr-vision-copy", "--prefix", "dir/").stdout)
-    assert full[0].split() == ["NAME", "SIZE", "CACHED"]
+    assert full[0].split() == ["Name", "Size", "Cached"]
     assert [r.split()[::2] for r in full[1:]] == [["dir/other", "no"], ["dir/prefix-a", "yes"],
                                                   ["dir/prefix-b", "yes"]]
     # object list with a cloud SOURCE

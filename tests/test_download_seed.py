@@ -26,7 +26,7 @@ def test_download_single_file(origin, ais, tmp_path):
     shown = ais("show", "job", job, "--progress", "--refresh", "200ms")
     assert shown.stdout.strip().endswith("All files successfully downloaded.")
     listing = ais("ls", "ais://ubuntu").stdout.splitlines()
-    assert listing[0].split() == ["NAME", "SIZE", "VERSION"]
+    assert listing[0].split() == ["Name", "Size", "Version"]
     assert listing[1].split() == ["ubuntu-18.04.1.iso", "3.00MiB", "1"]
     ais("get", "ais://ubuntu/ubuntu-18.04.1.iso", "copy.iso")
     assert (tmp_path / "copy.iso").read_bytes() == data

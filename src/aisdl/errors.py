@@ -42,6 +42,12 @@ class NotFound(AisdlError, FileNotFoundError):
     status = 404
 
 
+class NotSupported(AisdlError):
+    """A valid AIS request this node does not carry out (AIS's feature, not ours)."""
+
+    status = 501
+
+
 class Conflict(AisdlError):
     status = 409
 

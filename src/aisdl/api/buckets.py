@@ -19,25 +19,48 @@ from aiohttp import web
 from aisdl.api.download import BIG_REQUESTS
 from aisdl.api.keys import CONFIG, JOBS, NODE_ID, STORE
 from aisdl.api.remote import known_bucket, list_remote
-from aisdl.errors import BadRequest, TooLarge, parse_json
+from aisdl.errors import BadRequest, NotSupported, TooLarge, parse_json
 from aisdl.jobs.multiobj import (
     ACT_DELETE,
     ACT_EVICT,
     ACT_PREFETCH,
-    NotSupported,
     parse_selection,
     prefetch_spec,
 )
 from aisdl.jobs.request import JobSpec
 from aisdl.models import Bucket, ObjectAttrs, normalize_provider
+from aisdl.store.store import ARCHIVE, DIR, MEMBER, OBJECT
 
 T = TypeVar("T")
 
 MAX_ACTION_BODY = 1 << 20
-ACTION_MSG = "aisdl.action_message"  # where a request keeps its parsed action message
+# Where a request keeps its parsed action message
+ACTION_MSG = web.RequestKey[dict[str, Any] | None]("action_message")
 MAX_PAGE_SIZE = 10000  # AIS's page size for ais buckets, also the default
-FLAG_CACHED, FLAG_NAME_ONLY, FLAG_NAME_SIZE, FLAG_NOT_CACHED = 1, 1 << 4, 1 << 5, 1 << 9
-ENTRY_PRESENT = 64  # entry flag: a copy is stored here (SDK `is_cached()`)
+# LsoMsg flags (AIS api/apc/lsmsg.go; spec/ais-rest-api.md 7.3)
+FLAG_CACHED, FLAG_MISSING, FLAG_DELETED, FLAG_ARCH_DIR = 1, 1 << 1, 1 << 2, 1 << 3
+FLAG_NAME_ONLY, FLAG_NAME_SIZE, FLAG_BCK_PRESENT, FLAG_DONT_HEAD_REMOTE = (
+    1 << 4, 1 << 5, 1 << 6, 1 << 7)
+FLAG_DONT_ADD_REMOTE, FLAG_NOT_CACHED, FLAG_ONLY_REMOTE_PROPS, FLAG_NO_RECURSION = (
+    1 << 8, 1 << 9, 1 << 10, 1 << 11)
+FLAG_DIFF, FLAG_NO_DIRS, FLAG_IS_S3, FLAG_INVENTORY = 1 << 12, 1 << 13, 1 << 14, 1 << 15
+# Flags honoured by doing nothing different: one copy per object (none is ever missing), no
+# objects marked for deletion, a bucket we list is always present, AIS itself does not use the
+# only-remote-props optimization yet, and a cloud bucket's HEAD either succeeds or fails the
+# listing (dont-head-remote). no-dirs: our cloud listings have no directory entries, and AIS
+# itself still lists directories of a non-recursive listing of its own buckets with it (the
+# SDK's tests assert that).
+FLAGS_NO_EFFECT = (FLAG_MISSING | FLAG_DELETED | FLAG_BCK_PRESENT | FLAG_DONT_HEAD_REMOTE
+                   | FLAG_ONLY_REMOTE_PROPS | FLAG_NO_DIRS)
+FLAGS_CARRIED_OUT = (FLAG_CACHED | FLAG_ARCH_DIR | FLAG_NAME_ONLY | FLAG_NAME_SIZE
+                     | FLAG_NO_RECURSION)
+FLAGS_UNSUPPORTED = {FLAG_DIFF: "diff", FLAG_IS_S3: "s3", FLAG_INVENTORY: "inventory"}
+# ... and two checked case by case (_check_flags); any other bit is refused as unknown
+FLAGS_KNOWN = (FLAGS_NO_EFFECT | FLAGS_CARRIED_OUT | FLAG_DONT_ADD_REMOTE | FLAG_NOT_CACHED
+               | sum(FLAGS_UNSUPPORTED))
+# Entry flags (spec 7.4)
+ENTRY_PRESENT = 64  # a copy is stored here (SDK `is_cached()`)
+ENTRY_IN_ARCHIVE, ENTRY_IS_DIR, ENTRY_IS_ARCHIVE = 128, 256, 512
 LIST_PROPS = frozenset((
     "name", "size", "version", "checksum", "atime", "cached", "status", "copies", "ec",
     "custom", "location", "chunked", "last-modified", "etag",
@@ -68,8 +91,7 @@ async def read_action(request: web.Request) -> dict[str, Any] | None:
     a million): such a message is parsed on a thread, two at a time, so the node keeps
     answering meanwhile."""
     if ACTION_MSG in request:
-        cached: dict[str, Any] | None = request[ACTION_MSG]
-        return cached
+        return request[ACTION_MSG]
     body = await request.read()
     if len(body) <= MAX_ACTION_BODY:
         msg = parse_json(body, "request body") if body.strip() else None
@@ -225,23 +247,27 @@ async def _prefetch(request: web.Request, bck: Bucket, msg: dict[str, Any]) -> w
 # -- list objects --------------------------------------------------------------------------------
 async def _list_objects(request: web.Request, bck: Bucket, lso: dict[str, Any]) -> web.Response:
     store = request.app[STORE]
-    await known_bucket(request.app, bck)
-    remote = store.remote_of(bck)
     flags = _uint(lso.get("flags"), "flags")
-    if flags & FLAG_NOT_CACHED:
-        raise BadRequest(f"listing {bck.cname}: 'not-cached' is not supported for this bucket")
     page_size = _uint(lso.get("pagesize"), "pagesize")
     page_size = MAX_PAGE_SIZE if page_size == 0 else min(page_size, MAX_PAGE_SIZE)
     props = _list_props(_lso_text(lso, "props"), flags)
     uuid = _lso_text(lso, "uuid") or secrets.token_urlsafe(8)  # never empty: see 7.5
     after = max(_lso_text(lso, "continuation_token"), _lso_text(lso, "start_after"))
     prefix = _lso_text(lso, "prefix")
-    if remote is not None and not flags & FLAG_CACHED:
+    remote = store.remote_of(bck)  # (a cloud bucket is its own remote, known or not yet)
+    lists_remote = remote is not None and not flags & FLAG_CACHED
+    _check_flags(bck, flags, lists_remote, store.has_bucket(bck))
+    await known_bucket(request.app, bck)  # a cloud bucket becomes known: only once all is checked
+    if lists_remote:
+        assert remote is not None
         objs, held = await list_remote(request.app, bck, remote, prefix, after, page_size)
+        entries = [(o, ENTRY_PRESENT if o.name in held else 0) for o in objs]
     else:
-        objs = await store.list_objects(bck, prefix, after, page_size)
-        held = {o.name for o in objs}
-    token = objs[-1].name if len(objs) >= page_size else ""
+        found = await store.list_entries(bck, prefix, after, page_size,
+                                         recursive=not flags & FLAG_NO_RECURSION,
+                                         arch_dir=bool(flags & FLAG_ARCH_DIR))
+        entries = [(e.attrs, _ENTRY_FLAGS[e.kind]) for e in found]
+    token = entries[-1][0].name if len(entries) >= page_size else ""
     node = f"t[{request.app[NODE_ID]}]"
 
     def location(o: ObjectAttrs) -> str:
@@ -249,12 +275,46 @@ async def _list_objects(request: web.Request, bck: Bucket, lso: dict[str, Any]) 
 
     if "application/msgpack" in request.headers.get("Accept", ""):
         page = {"UUID": uuid, "ContinuationToken": token, "Flags": 0,
-                "Entries": [_msgpack_entry(o, props, location, o.name in held) for o in objs]}
+                "Entries": [_msgpack_entry(o, props, location, f) for o, f in entries]}
         return web.Response(body=msgspec.msgpack.encode(page),
                             headers={"Content-Type": "application/msgpack"})
     return web.json_response({"uuid": uuid, "continuation_token": token, "flags": 0,
-                              "entries": [_json_entry(o, props, location, o.name in held)
-                                          for o in objs]})
+                              "entries": [_json_entry(o, props, location, f)
+                                          for o, f in entries]})
+
+
+# AIS's entry flags by kind: a directory is only a name; a file in an archive is stored here
+# as its archive is.
+_ENTRY_FLAGS = {OBJECT: ENTRY_PRESENT, ARCHIVE: ENTRY_PRESENT | ENTRY_IS_ARCHIVE,
+                MEMBER: ENTRY_PRESENT | ENTRY_IN_ARCHIVE, DIR: ENTRY_IS_DIR}
+
+
+def _check_flags(bck: Bucket, flags: int, lists_remote: bool, known: bool) -> None:
+    """Refuse the flags this listing would not honour, before anything is listed or a cloud
+    bucket becomes known."""
+    def refuse(what: str, why: str) -> NotSupported:
+        return NotSupported(f"listing {bck.cname}: flag {what!r} {why}")
+
+    if flags & ~FLAGS_KNOWN:
+        raise BadRequest(f"listing {bck.cname}: invalid flags {flags} (unknown bits"
+                         f" {flags & ~FLAGS_KNOWN:#x})")
+    for bit, name in FLAGS_UNSUPPORTED.items():
+        if flags & bit:
+            raise refuse(name, "is not supported by this node")
+    if flags & FLAG_CACHED and flags & FLAG_NOT_CACHED:
+        raise BadRequest(f"listing {bck.cname}: flags 'cached' and 'not-cached' are"
+                         " mutually exclusive")
+    if flags & FLAG_NOT_CACHED:
+        if not lists_remote:
+            raise BadRequest(f"listing {bck.cname}: 'not-cached' requires a remote bucket")
+        raise refuse("not-cached", "is not supported by this node")
+    if flags & FLAG_DONT_ADD_REMOTE and bck.is_remote and not known:
+        raise refuse("dont-add-remote", "is not supported: a cloud bucket this node lists"
+                     " becomes one of its buckets")
+    if lists_remote:
+        for bit, name in ((FLAG_NO_RECURSION, "no-recursion"), (FLAG_ARCH_DIR, "arch-dir")):
+            if flags & bit:
+                raise refuse(name, "is supported for objects stored here only (add 'cached')")
 
 
 def _uint(value: Any, what: str) -> int:
@@ -300,8 +360,13 @@ def _list_props(text: str, flags: int) -> frozenset[str]:
 
 
 def _msgpack_entry(o: ObjectAttrs, props: frozenset[str], location: Any,
-                   present: bool) -> dict[str, Any]:
+                   flags: int) -> dict[str, Any]:
     e: dict[str, Any] = {"n": o.name}
+    if flags & ENTRY_IS_DIR:  # AIS: a directory is a name and its flag
+        return {"n": o.name, "f": flags}
+    if flags & ENTRY_IN_ARCHIVE:  # a file in an archive: its name, (uncompressed) size, flags
+        return {"n": o.name, "s": o.size, "f": flags} if o.size else {"n": o.name, "f": flags}
+    present = flags & ENTRY_PRESENT
     if "size" in props and o.size:
         e["s"] = o.size
     if "checksum" in props and o.cksum:
@@ -316,14 +381,14 @@ def _msgpack_entry(o: ObjectAttrs, props: frozenset[str], location: Any,
         e["m"] = "[" + " ".join(f"{k}:{v}" for k, v in sorted(o.custom.items())) + "]"
     if "copies" in props:
         e["c"] = 1
-    e["f"] = ENTRY_PRESENT if present else 0
+    e["f"] = flags
     return e
 
 
 def _json_entry(o: ObjectAttrs, props: frozenset[str], location: Any,
-                present: bool) -> dict[str, Any]:
+                flags: int) -> dict[str, Any]:
     """AIS's JSON entry form; Go encodes `size` as a string."""
-    short = _msgpack_entry(o, props, location, present)
+    short = _msgpack_entry(o, props, location, flags)
     names = {"n": "name", "cs": "checksum", "a": "atime", "v": "version", "t": "location",
              "m": "custom-md", "c": "copies", "f": "flags"}
     out: dict[str, Any] = {names[k]: v for k, v in short.items() if k != "s"}

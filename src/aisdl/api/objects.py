@@ -20,6 +20,7 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from aisdl.api.accepted import is_true
+from aisdl.api.archive import get_from_archive
 from aisdl.api.buckets import read_action, request_bucket, unknown_action
 from aisdl.api.keys import CONFIG, NODE_ID, STORE
 from aisdl.api.middleware import error_response
@@ -197,6 +198,8 @@ def parse_custom_md(values: list[str]) -> dict[str, str]:
 async def get_object(request: web.Request) -> web.StreamResponse:
     store, bck, name = _target(request)
     attrs = await _attrs_or_404(store, bck, name)
+    if any(request.query.get(k) for k in ("archpath", "archregx", "archmode", "archmime")):
+        return await get_from_archive(request, store, bck, name)
     loop = asyncio.get_running_loop()
     try:
         f = await loop.run_in_executor(None, open, store.object_path(bck, name), "rb")

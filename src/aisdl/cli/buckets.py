@@ -90,23 +90,23 @@ def ls(obj: CliContext, bucket: str | None, prefix: str, no_headers: bool, cache
 
 
 def _columns(obj: CliContext, bck: Bucket, cached: bool) -> tuple[str, ...]:
-    """ais buckets show our versions; a cloud bucket shows what the cloud has (so its listing
-    and the cached listing of a bucket backed by it compare equal); a backed bucket listed in
-    full also says which objects are here."""
+    """The document's header (`Name Size Version`). ais buckets show our versions; a cloud
+    bucket shows what the cloud has (so its listing and the cached listing of a bucket backed
+    by it compare equal); a backed bucket listed in full also says which objects are here."""
     if bck.is_remote:
-        return ("NAME", "SIZE")
+        return ("Name", "Size")
     backend = obj.client.bucket_props(bck).get("backend_bck") or {}
     if not backend.get("name"):
-        return ("NAME", "SIZE", "VERSION")
-    return ("NAME", "SIZE") if cached else ("NAME", "SIZE", "CACHED")
+        return ("Name", "Size", "Version")
+    return ("Name", "Size") if cached else ("Name", "Size", "Cached")
 
 
 def _cell(entry: dict[str, Any], column: str) -> str:
-    if column == "NAME":
+    if column == "Name":
         return str(entry["n"])
-    if column == "SIZE":
+    if column == "Size":
         return iec(entry.get("s", 0))
-    if column == "VERSION":
+    if column == "Version":
         return str(entry.get("v", ""))
     return "yes" if int(entry.get("f", 0)) & 64 else "no"
 
@@ -118,7 +118,7 @@ def _list_buckets(obj: CliContext, no_headers: bool) -> None:
             click.echo("No buckets in the cluster")
         return
     if not no_headers:
-        click.echo("NAME")
+        click.echo("Name")
     for bck in buckets:
         click.echo(bck.cname)
 

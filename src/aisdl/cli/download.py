@@ -52,6 +52,26 @@ def _watching(job_id: str) -> Iterator[None]:
         raise WatchInterrupted(job_id) from None
 
 
+class KindAndId(click.Command):
+    """`ais <command> [download] JOB_ID`: the kind word may be left out (the document's short
+    forms). Given, it is part of the command's name in its usage line and help."""
+
+    def __init__(self, *args: Any, job_id: str = "JOB_ID", **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.job_id_metavar = job_id
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if args and args[0] == "download":
+            ctx.info_name = f"{ctx.info_name} download"
+            args = args[1:]
+        return super().parse_args(ctx, args)
+
+    def collect_usage_pieces(self, ctx: click.Context) -> list[str]:
+        named = (ctx.info_name or "").endswith(" download")
+        return [self.options_metavar or "",
+                ("" if named else "[download] ") + self.job_id_metavar]
+
+
 def _kind_and_id(args: tuple[str, ...], command: str, required: bool = True) -> str | None:
     """`download ID` or just `ID` (the short forms of the user's document)."""
     rest = list(args)
@@ -113,7 +133,7 @@ def _is_backed_by(client: Client, dest: Dest, source: Source) -> bool:
 
 
 @click.command("download")
-@click.argument("args", nargs=-1)
+@click.argument("args", nargs=-1, metavar="SOURCE DESTINATION")
 @click.option("--description", "--desc", default="", help="Description of the download job.")
 @click.option("--timeout", type=DURATION, default=None,
               help="Timeout for a request to the external resource (e.g. 30s, 2m).")
@@ -204,7 +224,7 @@ def _wait_for(client: Client, job_id: str, refresh: float, timeout: float | None
 
 
 # -- show ---------------------------------------------------------------------------------------
-@click.command("job")
+@click.command("job", cls=KindAndId, job_id="[JOB_ID]")
 @click.argument("args", nargs=-1)
 @click.option("--regex", default="", help="Regex for the description of download jobs.")
 @click.option("--progress", is_flag=True, help="Display progress bars.")
@@ -269,7 +289,7 @@ def _list_jobs(client: Client, regex: str, as_json: bool, no_headers: bool) -> b
 
 
 # -- wait, stop, rm -----------------------------------------------------------------------------
-@click.command("wait")
+@click.command("wait", cls=KindAndId)
 @click.argument("args", nargs=-1)
 @click.option("--refresh", type=DURATION, default=1.0, show_default="1s",
               help="Refresh interval (e.g. 500ms, 1s).")
@@ -290,7 +310,7 @@ def wait_download(obj: CliContext, args: tuple[str, ...], refresh: float, progre
         _finish(st, bars=False)  # exit code 1 with the summary; none when all went well
 
 
-@click.command("stop")
+@click.command("stop", cls=KindAndId)
 @click.argument("args", nargs=-1)
 @click.pass_obj
 def stop_download(obj: CliContext, args: tuple[str, ...]) -> None:
@@ -301,7 +321,7 @@ def stop_download(obj: CliContext, args: tuple[str, ...]) -> None:
     click.echo(f"Stopped download job {job_id}")
 
 
-@click.command("rm")
+@click.command("rm", cls=KindAndId)
 @click.argument("args", nargs=-1)
 @click.option("--all", "rm_all", is_flag=True, help="Remove every finished download job.")
 @click.pass_obj

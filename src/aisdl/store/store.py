@@ -24,13 +24,14 @@ import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import IO, Any, TypeVar
+from typing import IO, Any, NamedTuple, TypeVar
 
 import xxhash
 
 from aisdl.db import Database
 from aisdl.errors import BadRequest, Conflict, NotFound, TooLarge, disk_error
 from aisdl.models import Bucket, ObjectAttrs
+from aisdl.store import archive
 from aisdl.store.appends import Appends, OpenAppend
 from aisdl.store.catalog_view import CatalogView
 from aisdl.store.paths import check_object_name
@@ -46,6 +47,16 @@ TRASH_TAG = "trash"
 _WRITE_BUFFER = 1 << 20  # hand the disk 1 MiB at a time: one executor hop per MiB, not per chunk
 _LOOKUP_BATCH = 500
 _COLUMNS = "name, size, version, cksum_type, cksum, atime, custom"
+
+# What a listing entry is (AIS entry flags: a directory, an archive, a file inside one).
+OBJECT, DIR, ARCHIVE, MEMBER = "object", "dir", "archive", "member"
+
+
+class Entry(NamedTuple):
+    """One entry of an object listing: a stored object, or what AIS lists besides."""
+
+    attrs: ObjectAttrs
+    kind: str
 
 
 def bucket_not_found(bck: Bucket) -> NotFound:
@@ -317,6 +328,80 @@ class Store:
             return [_row_to_attrs(r) for r in conn.execute(sql, args)]
 
         return await self.db.run(query)
+
+    async def list_entries(self, bck: Bucket, prefix: str, after: str, limit: int, *,
+                           recursive: bool = True, arch_dir: bool = False) -> list[Entry]:
+        """Up to `limit` listing entries after `after`, in the order AIS lists them.
+
+        Not `recursive`: the objects directly under `prefix`'s directory, and each directory
+        below it once, as `dir/` (AIS: a prefix naming a directory without its `/` lists that
+        directory). `arch_dir`: each archive is followed by its files, `shard.tar/member`; a page
+        may end inside an archive, and `after` is then that member's entry name."""
+        self.require_bucket(bck)
+        if not recursive and prefix and not prefix.endswith("/"):
+            if await self.db.run(functools.partial(_has_names_under, bck=bck,
+                                                   prefix=prefix + "/")):
+                prefix += "/"
+        out: list[Entry] = []
+        start: str | None = after + "\x00" if after else ""  # names hold no NUL: next name up
+        shard = await self._archive_of(bck, after) if arch_dir and after else None
+        if shard is not None:  # the last page ended on this archive or inside it
+            await self._add_members(bck, shard, after[len(shard) + 1:], out, limit)
+            start = shard + "\x00"
+        while start is not None and len(out) < limit:
+            want = limit - len(out)
+            page = await self.db.run(functools.partial(
+                _entries_from, bck=bck, prefix=prefix, after=after, start=start, limit=want,
+                recursive=recursive))
+            if not page:
+                break
+            for entry in page:
+                if arch_dir and entry.kind == OBJECT and archive.kind_by_name(entry.attrs.name):
+                    out.append(Entry(entry.attrs, ARCHIVE))
+                    await self._add_members(bck, entry.attrs.name, "", out, limit)
+                else:
+                    out.append(entry)
+                if len(out) >= limit:
+                    break
+            last = page[-1]
+            start = (_prefix_upper_bound(last.attrs.name) if last.kind == DIR
+                     else last.attrs.name + "\x00")
+            if len(page) < want:
+                break
+        return out[:limit]
+
+    async def _archive_of(self, bck: Bucket, name: str) -> str | None:
+        """The stored archive that entry `name` is (`shard.tar`) or is a member of
+        (`shard.tar/member`), if any. An object cannot also be a directory, so at most one
+        prefix of `name` is a stored object."""
+        if archive.kind_by_name(name) and await self.lookup(bck, name) is not None:
+            return name
+        for ext in archive.EXTENSIONS:
+            cut = name.find(ext + "/")
+            while cut >= 0:
+                if await self.lookup(bck, name[:cut + len(ext)]) is not None:
+                    return name[:cut + len(ext)]
+                cut = name.find(ext + "/", cut + 1)
+        return None
+
+    async def _add_members(self, bck: Bucket, shard: str, after: str, out: list[Entry],
+                           limit: int) -> None:
+        """Append the archive's files named after `after`, up to `limit` entries in all (AIS:
+        with their uncompressed sizes)."""
+        kind = archive.kind_by_name(shard)
+        assert kind is not None
+        path, label = self.object_file(bck, shard), f"{bck.cname}/{shard}"
+        try:
+            members = await self._in_executor(
+                functools.partial(archive.list_members, path, kind, label))
+        except FileNotFoundError:
+            return  # deleted since the catalog named it
+        for m in members:
+            if len(out) >= limit:
+                return
+            if m.name > after:
+                out.append(Entry(ObjectAttrs(name=f"{shard}/{m.name}", size=m.size, version="",
+                                             cksum=""), MEMBER))
 
     # -- objects: writes -----------------------------------------------------------------------
     def commit_in_txn(self, conn: sqlite3.Connection, bck: Bucket, name: str, work: str | Path,
@@ -672,6 +757,56 @@ class Store:
 
     async def _in_executor(self, fn: Callable[[], T]) -> T:
         return await asyncio.get_running_loop().run_in_executor(None, fn)
+
+
+def _entries_from(conn: sqlite3.Connection, bck: Bucket, prefix: str, after: str, start: str,
+                  limit: int, recursive: bool) -> list[Entry]:
+    """Up to `limit` entries named `prefix...` from `start` on (inclusive). Not `recursive`:
+    a name below a subdirectory of the prefix stands for that directory, listed once (when it
+    sorts after `after`), and the scan jumps past everything under it."""
+    sql = (f"SELECT {_COLUMNS} FROM objects WHERE provider = ? AND bucket = ?"
+           " AND name >= ? AND name >= ?")
+    base: list[Any] = [bck.provider, bck.name, prefix]
+    upper = _prefix_upper_bound(prefix)
+    if upper is not None:
+        sql += " AND name < ?"
+        base.append(upper)
+    sql += " ORDER BY name LIMIT ?"
+    out: list[Entry] = []
+    lo: str | None = start
+    while lo is not None and len(out) < limit:
+        batch = max(limit - len(out), 1) if recursive else min(limit - len(out), 256)
+        rows = conn.execute(sql, (*base[:2], lo, *base[2:], batch)).fetchall()
+        if not rows:
+            break
+        for row in rows:
+            name = row["name"]
+            cut = -1 if recursive else name.find("/", len(prefix))
+            if cut < 0:
+                out.append(Entry(_row_to_attrs(row), OBJECT))
+                lo = name + "\x00"  # names hold no NUL: the next name up
+                if len(out) >= limit:
+                    break
+                continue
+            directory = name[:cut + 1]
+            if directory > after:
+                out.append(Entry(ObjectAttrs(name=directory, size=0, version="", cksum=""), DIR))
+            lo = _prefix_upper_bound(directory)  # past every name under it
+            break
+        else:
+            if len(rows) < batch:
+                break
+    return out
+
+
+def _has_names_under(conn: sqlite3.Connection, bck: Bucket, prefix: str) -> bool:
+    args: list[Any] = [bck.provider, bck.name, prefix]
+    sql = "SELECT 1 FROM objects WHERE provider = ? AND bucket = ? AND name >= ?"
+    upper = _prefix_upper_bound(prefix)
+    if upper is not None:
+        sql += " AND name < ?"
+        args.append(upper)
+    return conn.execute(sql + " LIMIT 1", args).fetchone() is not None
 
 
 def _delete_row(conn: sqlite3.Connection, bck: Bucket, name: str) -> bool:
