@@ -20,9 +20,11 @@ from typing import Any
 
 import pytest
 import requests
+from aistore.sdk import Client as SdkClient
 
 from aisdl.client import Client
 from helpers import free_port as _free_port
+from helpers_app import InProcessNode, running_node
 from origin import Origin
 
 pytest_plugins = ["conftest_cloud"]  # S3, GCS and Azure emulators
@@ -260,3 +262,19 @@ def ais(node: Node, tmp_path: Path) -> Ais:
     home = tmp_path / "cli-home"
     home.mkdir(exist_ok=True)
     return Ais(node, home, tmp_path)
+
+
+# -- an in-process node and AIStore's SDK ---------------------------------------------------
+@pytest.fixture(scope="module")
+def inproc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[InProcessNode]:
+    """A node served in this process (one per test module)."""
+    with running_node(tmp_path_factory.mktemp("home")) as n:
+        yield n
+
+
+@pytest.fixture
+def sdk(inproc: InProcessNode, monkeypatch: pytest.MonkeyPatch) -> SdkClient:
+    """AIStore's own Python SDK, talking to `inproc` (no CA bundle or token from the env)."""
+    for var in ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "AIS_AUTHN_TOKEN"):
+        monkeypatch.delenv(var, raising=False)
+    return SdkClient(inproc.endpoint)

@@ -18,7 +18,7 @@ from aistore.sdk import ArchiveConfig, Client, ListObjectFlag
 from aistore.sdk.archive_config import ArchiveMode
 from aistore.sdk.errors import AISError, ErrObjNotFound
 
-from helpers_app import InProcessNode, running_node
+from helpers_app import InProcessNode
 
 Ais = Any  # the `ais` fixture of conftest.py
 NR, NO_DIRS, ARCH = (ListObjectFlag.NO_RECURSION, ListObjectFlag.NO_DIRS,
@@ -26,17 +26,9 @@ NR, NO_DIRS, ARCH = (ListObjectFlag.NO_RECURSION, ListObjectFlag.NO_DIRS,
 ENTRY_PRESENT, ENTRY_IN_ARCHIVE, ENTRY_IS_DIR, ENTRY_IS_ARCHIVE = 64, 128, 256, 512
 
 
-@pytest.fixture(scope="module")
-def inproc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[InProcessNode]:
-    with running_node(tmp_path_factory.mktemp("home")) as n:
-        yield n
-
-
 @pytest.fixture
-def client(inproc: InProcessNode, monkeypatch: pytest.MonkeyPatch) -> Client:
-    for var in ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "AIS_AUTHN_TOKEN"):
-        monkeypatch.delenv(var, raising=False)
-    return Client(inproc.endpoint)
+def client(sdk: Client) -> Client:
+    return sdk
 
 
 def _tar(members: dict[str, bytes], mode: str = "w") -> bytes:

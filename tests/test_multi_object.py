@@ -22,7 +22,7 @@ from aisdl.jobs.multiobj import ACT_DELETE, MultiObjOps, parse_selection
 from aisdl.models import Bucket
 from conftest import Ais, Node
 from helpers import free_port, wait_job
-from helpers_app import InProcessNode, running_node
+from helpers_app import InProcessNode
 from origin import payload
 
 WAIT = 20.0  # seconds: an operation on a few objects ends far sooner
@@ -38,17 +38,6 @@ def until(check: Callable[[], Any], timeout: float = WAIT) -> Any:
 
 
 # -- an ais bucket, through the SDK ----------------------------------------------------------------
-@pytest.fixture(scope="module")
-def inproc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[InProcessNode]:
-    with running_node(tmp_path_factory.mktemp("home")) as n:
-        yield n
-
-
-@pytest.fixture
-def sdk(inproc: InProcessNode, monkeypatch: pytest.MonkeyPatch) -> SdkClient:
-    for var in ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "AIS_AUTHN_TOKEN"):
-        monkeypatch.delenv(var, raising=False)
-    return SdkClient(inproc.endpoint)
 
 
 def _filled(sdk: SdkClient, name: str, objects: list[str]) -> Any:

@@ -24,20 +24,12 @@ from aisdl.errors import AisdlError, BadRequest, TooLarge
 from aisdl.models import Bucket
 from aisdl.store.store import Store
 from conftest import Ais, Node
-from helpers_app import InProcessNode, running_node
-
-
-@pytest.fixture(scope="module")
-def inproc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[InProcessNode]:
-    with running_node(tmp_path_factory.mktemp("home")) as n:
-        yield n
+from helpers_app import InProcessNode
 
 
 @pytest.fixture
-def client(inproc: InProcessNode, monkeypatch: pytest.MonkeyPatch) -> Client:
-    for var in ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "AIS_AUTHN_TOKEN"):
-        monkeypatch.delenv(var, raising=False)
-    return Client(inproc.endpoint)
+def client(sdk: Client) -> Client:
+    return sdk
 
 
 def _bucket(client: Client, name: str) -> SdkBucket:

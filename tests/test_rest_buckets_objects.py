@@ -16,15 +16,9 @@ import requests
 
 from aisdl.client import Client
 from aisdl.models import Bucket
-from helpers_app import InProcessNode, running_node
+from helpers_app import InProcessNode
 
 LIST = {"action": "list", "name": "", "value": None}
-
-
-@pytest.fixture(scope="module")
-def inproc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[InProcessNode]:
-    with running_node(tmp_path_factory.mktemp("home")) as n:
-        yield n
 
 
 @pytest.fixture

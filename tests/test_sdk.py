@@ -2,27 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from aistore.sdk import Client, ListObjectFlag
 from aistore.sdk.errors import AISError, ErrBckAlreadyExists, ErrBckNotFound, ErrObjNotFound
 
-from helpers_app import InProcessNode, running_node
-
-
-@pytest.fixture(scope="module")
-def inproc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[InProcessNode]:
-    with running_node(tmp_path_factory.mktemp("home")) as n:
-        yield n
+from helpers_app import InProcessNode
 
 
 @pytest.fixture
-def client(inproc: InProcessNode, monkeypatch: pytest.MonkeyPatch) -> Client:
-    for var in ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "AIS_AUTHN_TOKEN"):
-        monkeypatch.delenv(var, raising=False)
-    return Client(inproc.endpoint)
+def client(sdk: Client) -> Client:
+    return sdk
 
 
 def test_cluster_info_and_ready(client: Client, inproc: InProcessNode) -> None:

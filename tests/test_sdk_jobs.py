@@ -4,7 +4,6 @@ abort; kinds this node does not run are refused, not answered with a made-up sta
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -16,17 +15,10 @@ from aisdl.api import xactions
 from aisdl.errors import BadRequest
 from aisdl.models import Bucket
 from conftest import Node
-from helpers_app import InProcessNode, running_node
+from helpers_app import InProcessNode
 from origin import Origin, payload
 
 GO_ZERO = "0001-01-01T00:00:00Z"
-
-
-@pytest.fixture(scope="module")
-def inproc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[InProcessNode]:
-    """A node for requests that start nothing: refusals."""
-    with running_node(tmp_path_factory.mktemp("home")) as n:
-        yield n
 
 
 def _start(node: Node, origin: Origin, names: list[str], bucket: str = "jobs") -> str:

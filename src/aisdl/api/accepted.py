@@ -19,13 +19,7 @@ from aiohttp import web
 
 from aisdl.api import ais_names
 from aisdl.api.buckets import read_action
-from aisdl.errors import AisdlError, BadRequest
-
-
-class NotSupported(AisdlError):
-    """A request AIStore defines that this node does not carry out."""
-
-    status = 501
+from aisdl.errors import BadRequest, NotSupported
 
 
 @dataclass(frozen=True)

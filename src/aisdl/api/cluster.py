@@ -20,7 +20,7 @@ from aiohttp import web
 from aisdl.api import xactions
 from aisdl.api.buckets import read_action, unknown_action
 from aisdl.api.keys import CONFIG, NODE_ID, STORE
-from aisdl.errors import BadRequest
+from aisdl.errors import BadRequest, NotSupported
 
 # What AIS's `GET /v1/cluster?what=` and `PUT /v1/cluster` actions offer beyond what a node
 # serves: valid requests, refused with 501 rather than as unknown.
@@ -66,7 +66,7 @@ async def get_cluster(request: web.Request) -> web.Response:
     if what in ("smap", "bmd"):
         return await get_daemon(request)
     if what in AIS_CLUSTER_WHATS:
-        raise xactions.NotSupported(f"what={what!r} is not served by this node")
+        raise NotSupported(f"what={what!r} is not served by this node")
     raise BadRequest(f"invalid what={what[:100]!r} for GET /v1/cluster (supported: smap, bmd,"
                      f" {', '.join(xactions.GET_QUERIES)})")
 
@@ -83,7 +83,7 @@ async def put_cluster(request: web.Request) -> web.Response:
     if msg is not None and action == "start":
         return xactions.start(msg.get("value"))
     if action in AIS_CLUSTER_ACTIONS:
-        raise xactions.NotSupported(f"action {action!r} is not carried out by this node")
+        raise NotSupported(f"action {action!r} is not carried out by this node")
     raise unknown_action(msg, request)
 
 

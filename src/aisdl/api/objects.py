@@ -24,7 +24,7 @@ from aisdl.api.archive import get_from_archive
 from aisdl.api.buckets import read_action, request_bucket, unknown_action
 from aisdl.api.keys import CONFIG, NODE_ID, STORE
 from aisdl.api.middleware import error_response
-from aisdl.errors import AisdlError, BadRequest
+from aisdl.errors import BadRequest, NotSupported
 from aisdl.models import Bucket, ObjectAttrs
 from aisdl.store.paths import check_object_name
 from aisdl.store.store import Store
@@ -65,11 +65,6 @@ async def _attrs_or_404(store: Store, bck: Bucket, name: str) -> ObjectAttrs:
         raise store.object_not_found(bck, name)
     return attrs
 
-
-class NotSupported(AisdlError):
-    """A valid AIS request this node does not carry out."""
-
-    status = 501
 
 
 # -- PUT -----------------------------------------------------------------------------------------

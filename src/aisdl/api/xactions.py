@@ -26,7 +26,7 @@ from typing import Any
 from aiohttp import web
 
 from aisdl.api.keys import JOBS, NODE_ID
-from aisdl.errors import AisdlError, BadRequest, NotFound
+from aisdl.errors import BadRequest, NotFound, NotSupported
 from aisdl.jobs.manager import JobState
 from aisdl.models import Bucket, normalize_provider
 
@@ -53,11 +53,6 @@ _FIELDS = {"id": "id", "kind": "kind", "node": "node", "daemonid": "node",
            "bck": "bck", "buckets": "buckets"}
 _UNSET_ONLY = frozenset({"timeout", "flags", "force"})
 
-
-class NotSupported(AisdlError):
-    """A valid AIS request this node does not carry out (AIS's feature, not ours)."""
-
-    status = 501
 
 
 @dataclass(frozen=True)

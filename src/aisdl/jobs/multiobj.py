@@ -22,7 +22,7 @@ from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from aisdl.errors import AisdlError, BadRequest
+from aisdl.errors import AisdlError, BadRequest, NotSupported
 from aisdl.jobs.listing import source_link
 from aisdl.jobs.request import MAX_DESCRIPTION, MAX_LINK, MAX_OBJECTS, JobSpec, range_name
 from aisdl.jobs.template import RangeTemplate
@@ -49,11 +49,6 @@ _PREFETCH_FIELDS: dict[str, type] = {
 _TYPE_NAMES: dict[type, str] = {str: "a string", list: "an array of strings", int: "an integer",
                bool: "true or false"}
 
-
-class NotSupported(AisdlError):
-    """A valid AIS request this node does not carry out."""
-
-    status = 501
 
 
 @dataclass(frozen=True)
