@@ -247,7 +247,8 @@ def test_serve_on_a_busy_port_says_so_in_one_line(tmp_path):
 
 
 # -- durable abort ------------------------------------------------------------------------------
-def test_an_abort_on_disk_before_a_crash_stays_aborted(origin, node):
+def _slow_job_under_way(origin, node):
+    """A 40-file job on slow files, two connections, with two files done."""
     names = [f"f{i:02d}" for i in range(40)]
     add_files(origin, names, rate=50_000)
     c = node.client()
@@ -256,6 +257,11 @@ def test_an_abort_on_disk_before_a_crash_stays_aborted(origin, node):
                             "limits": {"connections": 2}})
     while c.download_status(job)["finished_cnt"] < 2:
         time.sleep(0.05)
+    return c, job
+
+
+def test_an_abort_on_disk_before_a_crash_stays_aborted(origin, node):
+    c, job = _slow_job_under_way(origin, node)
     node.kill9()  # killed after the abort was recorded, before it was carried out
     conn = sqlite3.connect(node.home / "aisdl.db", isolation_level=None)
     records.mark_aborted(conn, job)
@@ -269,14 +275,7 @@ def test_an_abort_on_disk_before_a_crash_stays_aborted(origin, node):
 
 
 def test_stop_download_then_kill9_stays_aborted(origin, node, ais):
-    names = [f"f{i:02d}" for i in range(40)]
-    add_files(origin, names, rate=50_000)
-    c = node.client()
-    job = c.start_download({"type": "range", "bucket": {"name": "b"},
-                            "template": origin.url_for("/d/") + "f{00..39}",
-                            "limits": {"connections": 2}})
-    while c.download_status(job)["finished_cnt"] < 2:
-        time.sleep(0.05)
+    c, job = _slow_job_under_way(origin, node)
     ais("stop", "download", job)
     node.kill9()
     hits = origin.hits()
