@@ -420,3 +420,21 @@ def test_half_understood_requests_change_nothing(inproc: str) -> None:
     assert r.status_code == 400 and "takes no request body" in r.json()["message"]
     r = requests.post(f"{inproc}/v1/buckets/b", json={"action": "copy-bck"}, timeout=10)
     assert r.status_code == 501 and "copy-bck" in r.json()["message"]
+
+
+@pytest.mark.parametrize(("method", "path", "status"), [
+    ("POST", "/v1/objects/sweep", 501),           # AIS: promote
+    ("POST", "/v1/objects/sweep/obj", 501),       # AIS: multipart upload, rename
+    ("PUT", "/v1/buckets", 501),                  # AIS: archive, copy of many buckets
+    ("GET", "/v1/sort", 501),                     # AIS: dsort
+    ("POST", "/v1/etl/init", 501),
+    ("GET", "/v1/tokens", 501),
+    ("GET", "/v1/nonsense", 404),                 # not AIS's either
+    ("GET", "/v2/objects/sweep/obj", 404),
+])
+def test_ais_requests_no_route_serves_are_501(inproc: str, method: str, path: str,
+                                              status: int) -> None:
+    r = requests.request(method, inproc + path, timeout=10)
+    assert r.status_code == status, r.text
+    if status == 501:
+        assert ais_error(r)["message"].endswith("is not served by this node")

@@ -120,6 +120,7 @@ async def refuse_unsupported(request: web.Request) -> None:
     route does not carry out; return when it carries out all of it."""
     resource = request.match_info.route.resource
     if resource is None:
+        _refuse_unrouted(request)
         return  # no such route: the router's 404 or 405 says so
     rule = accepts(request.method, resource.canonical)
     where = f"{request.method} {request.path}"
@@ -144,6 +145,14 @@ async def refuse_unsupported(request: web.Request) -> None:
                              f"{_listed(rule.actions, 'supported')}")
     elif rule.body is Body.NONE and request.body_exists and (await request.read()).strip():
         raise BadRequest(f"{where} takes no request body")
+
+
+def _refuse_unrouted(request: web.Request) -> None:
+    """A method and path no route serves is 501 when AIS serves them (a promote is a POST on
+    /v1/objects, dsort lives under /v1/sort); anything else is left to the router's 404/405."""
+    parts = request.path.split("/")
+    if len(parts) > 2 and parts[1] == "v1" and parts[2] in ais_names.ENDPOINTS:
+        raise NotSupported(f"{request.method} {request.path[:200]} is not served by this node")
 
 
 def _check_param(rule: Accepts, name: str, value: str, where: str) -> None:

@@ -66,3 +66,9 @@ HEADERS = frozenset((
     "Ais-Remote-Offline", "Ais-S3-Signed-Request-Style", "Ais-Session-Id", "Ais-Version",
     "Ais-Versioning-Enabled", "Ais-Xaction-Id"
 ))
+
+# The API's endpoints: /v1/<name>/... (api/apc/urlpaths.go; the AuthN server's are its own)
+ENDPOINTS = frozenset((
+    "buckets", "objects", "ec", "daemon", "metasync", "health", "vote", "s3", "ml", "download",
+    "sort", "etl", "cluster", "tokens", "reverse", "ic", "notifs", "objstream", "xactions", "txn",
+))
