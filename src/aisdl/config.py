@@ -67,6 +67,8 @@ class NodeConfig:
     cloud: CloudSettings = field(default_factory=CloudSettings)
     event_loop: str = "asyncio"      # or "uvloop"
     fetch_procs: int = field(default_factory=default_fetch_procs)
+    # `--no-auth`: the user accepts that anyone who reaches a non-loopback address controls the node
+    no_auth: bool = False
 
     @property
     def transfer_limits(self) -> TransferLimits:
@@ -81,6 +83,12 @@ class NodeConfig:
     @property
     def loopback_only(self) -> bool:
         return self.host in ("127.0.0.1", "localhost", "::1")
+
+    @property
+    def auth_enabled(self) -> bool:
+        """Whether the API asks for tokens. Nothing configures a token issuer yet, so never; it
+        becomes true once an auth secret or public key is given."""
+        return False
 
     @property
     def may_fetch_private(self) -> bool:

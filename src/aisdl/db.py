@@ -4,6 +4,7 @@ on disk and every write is serialized. Callers hand it functions to run in a tra
 from __future__ import annotations
 
 import asyncio
+import os
 import sqlite3
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -51,6 +52,9 @@ class Database:
 
     @staticmethod
     def _open(path: Path) -> sqlite3.Connection:
+        # Created the owner's only: it keeps the jobs' links and request headers (credentials);
+        # SQLite gives its -wal and -shm files the database's own mode.
+        os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
         conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         conn.row_factory = sqlite3.Row
         conn.execute("PRAGMA journal_mode=WAL")

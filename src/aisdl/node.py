@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 from aisdl.config import NodeConfig
 from aisdl.errors import AisdlError
+from aisdl.redact import redact_text
 
 if TYPE_CHECKING:  # the web stack loads only in the node process, not in every `ais` command
     from aiohttp import web
@@ -26,12 +27,19 @@ LOCK_FILE = "node.lock"
 BACKLOG = 128  # aiohttp's own default
 
 
+class _RedactingFormatter(logging.Formatter):
+    """Every line, tracebacks included, with the passwords of links redacted: a job's link is
+    logged by many places (retries, errors, descriptions) and may carry one."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return redact_text(super().format(record))
+
+
 def setup_logging() -> None:
     """The node's log on stderr; its fetch workers write the same lines into the same log."""
-    logging.basicConfig(
-        level=logging.INFO, stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_RedactingFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=logging.INFO, handlers=[handler])
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
 
 
@@ -40,8 +48,12 @@ def run_node(config: NodeConfig) -> None:
     Raises AisdlError (one line for the CLI) when the home or the port is taken."""
     from aisdl.api.app import create_app
 
+    check_exposure(config)
+    # What the node writes (database, objects, work files) is its owner's alone: the objects
+    # and the jobs' links and headers may be private; its fetch workers inherit this too.
+    os.umask(0o077)
     try:
-        config.home.mkdir(parents=True, exist_ok=True)
+        config.home.mkdir(mode=0o700, parents=True, exist_ok=True)
     except OSError as exc:
         raise AisdlError(f"cannot create the node's home {config.home}: {exc.strerror or exc}"
                          ) from None
@@ -49,6 +61,7 @@ def run_node(config: NodeConfig) -> None:
     try:
         sock = listen(config.host, config.port)
         setup_logging()
+        tighten_home(config)
         runner = asyncio.run
         if config.event_loop == "uvloop":
             import uvloop
@@ -62,11 +75,46 @@ def run_node(config: NodeConfig) -> None:
         os.close(lock)  # releases the lock (the process's end would too, even on SIGKILL)
 
 
+def check_exposure(config: NodeConfig) -> None:
+    """Refuse to serve a non-loopback address without tokens: whoever reaches the port would
+    control the node (start downloads from its network position, read and delete everything)."""
+    if config.loopback_only or config.auth_enabled or config.no_auth:
+        return
+    raise AisdlError(f"--host {config.host} serves other machines, and anyone who reaches it "
+                     "would control the node: give tokens (--auth-secret FILE or "
+                     "--auth-public-key FILE), or --no-auth to accept the risk")
+
+
+def tighten_home(config: NodeConfig) -> None:
+    """Make a home from before (or made by hand) the owner's alone: the home 0700, the database
+    and the node's own files 0600. Logs one line when it changed anything."""
+    wanted = [(config.home, 0o700)] + [
+        (config.home / name, 0o600)
+        for name in (config.db_path.name, f"{config.db_path.name}-wal",
+                     f"{config.db_path.name}-shm", LOCK_FILE, "node_id")]
+    tightened = []
+    for path, mode in wanted:
+        try:
+            current = path.stat().st_mode & 0o777
+            if current & ~mode:
+                path.chmod(current & mode)
+                tightened.append(f"{path.name} {current:o}->{current & mode:o}")
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            raise AisdlError(f"cannot restrict {path} to its owner: {exc.strerror or exc}"
+                             ) from None
+    if tightened:
+        logging.getLogger("aisdl").warning(
+            "the node's home was readable by others; now its owner's only: %s",
+            ", ".join(tightened))
+
+
 def lock_home(home: Path, endpoint: str) -> int:
     """Hold HOME/node.lock (flock, released when the process ends however it ends) and write
     our pid and endpoint in it. Returns its descriptor; a second node gets the first's name."""
     try:
-        fd = os.open(home / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = os.open(home / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
     except OSError as exc:
         raise AisdlError(f"cannot use {home} as the node's home: {exc.strerror or exc}") from None
     try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import secrets
 from collections.abc import AsyncIterator
 
@@ -31,8 +32,10 @@ def _node_id(config: NodeConfig) -> str:
     """A stable id per home directory, AIS style (letters and digits)."""
     config.home.mkdir(parents=True, exist_ok=True)
     path = config.home / "node_id"
-    if not path.exists():
-        path.write_text(secrets.token_hex(4))
+    if not path.exists():  # the owner's only, as everything in the home
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_hex(4))
     return path.read_text().strip()
 
 

@@ -48,10 +48,14 @@ from aisdl.sources.cloud_settings import CloudSettings
 @click.option("--fetch-procs", type=click.IntRange(min=0), default=None,
               help="Worker processes that fetch objects (0: fetch in the node process) "
                    "[default: one per core, up to 8].")
+@click.option("--no-auth", is_flag=True,
+              help="Serve a non-loopback --host without tokens: anyone who reaches it controls "
+                   "the node (downloads, data, shutdown).")
 def serve(port: int, host: str, home: Path | None, mountpaths: tuple[Path, ...],
           allow_private_egress: bool, max_conns: int, max_per_host: int, retry_attempts: int,
           retry_delay: float, stall_timeout: float, min_rate: int, rate_window: float,
-          max_object_size: int, event_loop: str, fetch_procs: int | None) -> None:
+          max_object_size: int, event_loop: str, fetch_procs: int | None,
+          no_auth: bool) -> None:
     """Run a node in the foreground (Ctrl+C stops it; unfinished jobs resume at the next start)."""
     config = NodeConfig(
         home=(home or default_home()).resolve(), host=host, port=port,
@@ -60,7 +64,7 @@ def serve(port: int, host: str, home: Path | None, mountpaths: tuple[Path, ...],
         max_per_host=max_per_host,
         retry=RetryPolicy(attempts=retry_attempts, base_delay=retry_delay),
         stall_timeout=stall_timeout, min_rate=min_rate, rate_window=rate_window,
-        max_object_size=max_object_size, event_loop=event_loop,
+        max_object_size=max_object_size, event_loop=event_loop, no_auth=no_auth,
     )
     if fetch_procs is not None:
         config = replace(config, fetch_procs=fetch_procs)

@@ -25,6 +25,7 @@ from aisdl.jobs.records import Counters, Cursor
 from aisdl.jobs.request import JobSpec, check_regex
 from aisdl.jobs.run import JobRun
 from aisdl.models import Bucket
+from aisdl.redact import redact_text
 from aisdl.store.store import Store
 
 if TYPE_CHECKING:
@@ -108,7 +109,7 @@ class JobManager:
                 aborted.append(row)
                 continue
             try:
-                log.info("resuming job %s (%s)", row["id"], row["description"])
+                log.info("resuming job %s (%s)", row["id"], redact_text(row["description"]))
                 self._launch(row["id"], JobSpec.from_json(row["spec"]), row)
             except Exception as exc:  # noqa: BLE001 - a record this node cannot read
                 log.exception("cannot resume job %s", row["id"])
@@ -171,7 +172,7 @@ class JobManager:
             c, job_id, spec.to_json(), spec.description, total, now))
         self._launch(job_id, spec, {"finished_cnt": 0, "skipped": 0, "errors": 0,
                                     "cursor": "{}", "started": now})
-        log.info("job %s started: %s", job_id, spec.description)
+        log.info("job %s started: %s", job_id, redact_text(spec.description))
         return job_id
 
     async def _remote_of(self, bucket: Bucket) -> Bucket:
@@ -234,7 +235,7 @@ class JobManager:
         if not only_active:
             errors = await self.db.run(lambda c: records.job_errors(c, job_id))
             tasks = await self.db.run(lambda c: records.recent_tasks(c, job_id))
-            out["download_errors"] = [{"name": n, "error": e} for n, e in errors]
+            out["download_errors"] = [{"name": n, "error": redact_text(e)} for n, e in errors]
             out["finished_tasks"] = [
                 {"name": t.name, "downloaded": str(t.downloaded), "total": str(t.total),
                  "start_time": rfc3339(t.start_ns), "end_time": rfc3339(t.end_ns)}
@@ -257,14 +258,14 @@ class JobManager:
         else:
             c = Counters(row["finished_cnt"], row["skipped"], row["errors"])
             finished, aborted = row["finished"], bool(row["aborted"])
-        return JobState(row["id"], "download", row["description"],
+        return JobState(row["id"], "download", redact_text(row["description"]),
                         Bucket(row["provider"], row["bucket"]), row["started"], finished, aborted,
                         c.errors)
 
     async def list(self, regex: str, only_active: bool) -> list[dict[str, Any]]:
         pattern = check_regex(regex)
         rows = await self.db.run(records.all_jobs)
-        jobs = [self._summary(r) for r in rows if pattern.search(r["description"])]
+        jobs = [j for j in map(self._summary, rows) if pattern.search(j["description"])]
         if only_active:
             jobs = [j for j in jobs if j["finished_time"] == rfc3339(0)]
         return jobs
@@ -280,7 +281,8 @@ class JobManager:
                 row["all_dispatched"])
             scheduled = c.finished + c.errors
         return {
-            "id": row["id"], "xaction_id": row["id"], "description": row["description"],
+            "id": row["id"], "xaction_id": row["id"],
+            "description": redact_text(row["description"]),  # it may hold a link's password
             "started_time": rfc3339(row["started"]), "finished_time": rfc3339(finished),
             "finished_cnt": c.finished, "scheduled_cnt": scheduled, "skipped_cnt": c.skipped,
             "error_cnt": c.errors, "total": row["total"], "all_dispatched": dispatched,
