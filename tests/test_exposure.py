@@ -12,6 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from aisdl.config import NodeConfig
+from aisdl.errors import AisdlError
+from aisdl.node import check_exposure
 from aisdl.redact import redact_text
 from conftest import Ais, Node
 from helpers import free_port, wait_job
@@ -117,3 +120,19 @@ def test_non_loopback_with_no_auth_starts(tmp_path: Path) -> None:
     finally:
         node.stop()
 
+
+
+@pytest.mark.parametrize(("host", "no_auth", "starts"), [
+    ("127.0.0.1", False, True), ("127.0.0.2", False, True), ("::1", False, True),
+    ("localhost", False, True),
+    ("0.0.0.0", False, False), ("::", False, False), ("10.1.2.3", False, False),
+    ("node.example", False, False),  # a name may resolve to any address
+    ("0.0.0.0", True, True), ("node.example", True, True),
+])
+def test_which_listen_addresses_need_tokens(host: str, no_auth: bool, starts: bool) -> None:
+    config = NodeConfig(home=Path("/nonexistent"), host=host, no_auth=no_auth)
+    if starts:
+        check_exposure(config)
+    else:
+        with pytest.raises(AisdlError, match="--no-auth to accept the risk"):
+            check_exposure(config)

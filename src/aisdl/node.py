@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import fcntl
+import ipaddress
 import logging
 import os
 import signal
@@ -78,11 +79,20 @@ def run_node(config: NodeConfig) -> None:
 def check_exposure(config: NodeConfig) -> None:
     """Refuse to serve a non-loopback address without tokens: whoever reaches the port would
     control the node (start downloads from its network position, read and delete everything)."""
-    if config.loopback_only or config.auth_enabled or config.no_auth:
+    if _is_loopback(config.host) or config.auth_enabled or config.no_auth:
         return
     raise AisdlError(f"--host {config.host} serves other machines, and anyone who reaches it "
                      "would control the node: give tokens (--auth-secret FILE or "
                      "--auth-public-key FILE), or --no-auth to accept the risk")
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a name: it may resolve to any address
+        return False
 
 
 def tighten_home(config: NodeConfig) -> None:
