@@ -67,6 +67,9 @@ class NodeConfig:
     cloud: CloudSettings = field(default_factory=CloudSettings)
     event_loop: str = "asyncio"      # or "uvloop"
     fetch_procs: int = field(default_factory=default_fetch_procs)
+    # HTTPS only when both are set (PEM files: the certificate chain, its private key)
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
 
     @property
     def transfer_limits(self) -> TransferLimits:
@@ -76,7 +79,12 @@ class NodeConfig:
     @property
     def endpoint(self) -> str:
         host = "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host
-        return f"http://{host}:{self.port}"
+        scheme = "https" if self.tls else "http"
+        return f"{scheme}://{host}:{self.port}"
+
+    @property
+    def tls(self) -> bool:
+        return self.tls_cert is not None and self.tls_key is not None
 
     @property
     def loopback_only(self) -> bool:

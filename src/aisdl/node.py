@@ -12,6 +12,7 @@ import logging
 import os
 import signal
 import socket
+import ssl
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -40,6 +41,7 @@ def run_node(config: NodeConfig) -> None:
     Raises AisdlError (one line for the CLI) when the home or the port is taken."""
     from aisdl.api.app import create_app
 
+    tls = tls_context(config.tls_cert, config.tls_key) if config.tls else None
     try:
         config.home.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -55,7 +57,7 @@ def run_node(config: NodeConfig) -> None:
 
             runner = uvloop.run
         try:
-            runner(_serve(create_app(config), sock))
+            runner(_serve(create_app(config), sock, tls))
         except KeyboardInterrupt:
             pass
     finally:
@@ -102,14 +104,36 @@ def listen(host: str, port: int) -> socket.socket:
     return sock
 
 
-async def _serve(app: web.Application, sock: socket.socket) -> None:
+def tls_context(cert: Path | None, key: Path | None) -> ssl.SSLContext:
+    """The server side of HTTPS from PEM files: checked before the node takes its home, so a
+    wrong file is a one-line error, not a node that fails each client's handshake."""
+    assert cert is not None and key is not None
+    for what, path in (("certificate", cert), ("key", key)):
+        try:
+            with open(path, "rb"):
+                pass
+        except OSError as exc:
+            raise AisdlError(f"cannot read the TLS {what} {path}: {exc.strerror or exc}"
+                             ) from None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        context.load_cert_chain(cert, key)
+    except ssl.SSLError as exc:
+        raise AisdlError(f"cannot use the TLS certificate {cert} with the key {key}:"
+                         f" {exc.reason or exc} (both PEM; the key must be the certificate's)"
+                         ) from None
+    return context
+
+
+async def _serve(app: web.Application, sock: socket.socket,
+                 tls: ssl.SSLContext | None) -> None:
     from aiohttp import web
 
     from aisdl.api import keys
 
     runner = web.AppRunner(app, handle_signals=False, access_log=None)
     await runner.setup()
-    await web.SockSite(runner, sock).start()
+    await web.SockSite(runner, sock, ssl_context=tls).start()
     config = app[keys.CONFIG]
     logging.getLogger("aisdl").info(
         "node listening on %s (home %s)", config.endpoint, config.home)
