@@ -137,11 +137,13 @@ def test_https_node_serves_no_plain_http(tls_node: TlsNode) -> None:
     with requests.Session() as s:
         s.trust_env = False
         plain = f"http://127.0.0.1:{tls_node.port}/v1/health"
-        try:
-            resp = s.get(plain, timeout=5)
-        except requests.RequestException:
-            return  # refused outright: fine
-        assert resp.status_code == 400  # never a plain-HTTP answer to the request
+        with pytest.raises(requests.ConnectionError):
+            s.get(plain, timeout=5)
+    result = subprocess.run([sys.executable, "-m", "aisdl", "ls"], capture_output=True,
+                            text=True, timeout=60,
+                            env={**os.environ, "AIS_ENDPOINT": plain.removesuffix("/v1/health")})
+    assert result.returncode == 2
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
 
 
 def test_smap_says_https(tls_node: TlsNode) -> None:
@@ -197,6 +199,24 @@ def test_serve_with_a_key_that_is_not_the_certificates(tmp_path: Path,
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("Error:"), proc.stderr
+
+
+def test_serve_with_an_encrypted_key_says_so_instead_of_asking(tmp_path: Path,
+                                                               certs: tuple[Path, Path]) -> None:
+    from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+    cert, key = certs
+    encrypted = tmp_path / "encrypted.key"
+    encrypted.write_bytes(load_pem_private_key(key.read_bytes(), None).private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.BestAvailableEncryption(b"secret")))
+    proc = subprocess.run(
+        [sys.executable, "-m", "aisdl", "serve", "--port", str(_free_port()),
+         "--home", str(tmp_path / "home"), "--tls-cert", str(cert), "--tls-key", str(encrypted)],
+        capture_output=True, text=True, timeout=60, input="")
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "encrypted" in lines[0], proc.stderr
 
 
 def test_serve_needs_both_cert_and_key(tmp_path: Path, certs: tuple[Path, Path]) -> None:

@@ -115,9 +115,13 @@ def tls_context(cert: Path | None, key: Path | None) -> ssl.SSLContext:
         except OSError as exc:
             raise AisdlError(f"cannot read the TLS {what} {path}: {exc.strerror or exc}"
                              ) from None
+    def no_passphrase() -> str:  # else OpenSSL would ask for it on the terminal, and wait
+        raise AisdlError(f"the TLS key {key} is encrypted; give the node an unencrypted key"
+                         " (readable by its user only)")
+
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     try:
-        context.load_cert_chain(cert, key)
+        context.load_cert_chain(cert, key, password=no_passphrase)
     except ssl.SSLError as exc:
         raise AisdlError(f"cannot use the TLS certificate {cert} with the key {key}:"
                          f" {exc.reason or exc} (both PEM; the key must be the certificate's)"
