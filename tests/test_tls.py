@@ -113,6 +113,16 @@ def test_cli_with_client_ca(tls_ais: Ais, tls_node: TlsNode, tmp_path: Path) -> 
     tls_ais("put", str(src), "ais://tlsca/f.txt", env=env)
     assert tls_ais("get", "ais://tlsca/f.txt", "-", env=env).stdout == "over tls\n"
     assert "f.txt" in tls_ais("ls", "ais://tlsca", env=env).stdout
+    tls_ais("object", "cp", "ais://tlsca/f.txt", "ais://tlsca/g.txt", env=env)
+    assert tls_ais("get", "ais://tlsca/g.txt", "-", env=env).stdout == "over tls\n"
+    big, empty = tmp_path / "big.bin", tmp_path / "empty.bin"
+    big.write_bytes(os.urandom(3 << 20) * 2)
+    empty.write_bytes(b"")
+    tls_ais("put", str(big), "ais://tlsca/big.bin", env=env)
+    tls_ais("put", str(empty), "ais://tlsca/empty.bin", env=env)
+    tls_ais("get", "ais://tlsca/big.bin", str(tmp_path / "back.bin"), env=env)
+    assert (tmp_path / "back.bin").read_bytes() == big.read_bytes()
+    assert tls_ais("get", "ais://tlsca/empty.bin", "-", env=env).stdout == ""
 
 
 def test_cli_skip_verify(tls_ais: Ais) -> None:
@@ -154,8 +164,9 @@ def test_smap_says_https(tls_node: TlsNode) -> None:
     assert smap["proxy_si"]["public_net"]["direct_url"] == tls_node.endpoint
 
 
+@pytest.mark.filterwarnings("ignore:Skipping SSL certificate verification")
 @pytest.mark.parametrize("trust", ["ca_cert", "skip_verify"])
-def test_sdk_over_https(tls_node: TlsNode, trust: str,
+def test_sdk_over_https(tls_node: TlsNode, trust: str, tmp_path: Path,
                         monkeypatch: pytest.MonkeyPatch) -> None:
     from aistore.sdk import Client as SdkClient
 
@@ -168,7 +179,11 @@ def test_sdk_over_https(tls_node: TlsNode, trust: str,
     body = b"x" * 100_000
     bck.object("a/b.bin").get_writer().put_content(body)
     assert bck.object("a/b.bin").get_reader().read_all() == body
-    assert [e.name for e in bck.list_all_objects()] == ["a/b.bin"]
+    big = tmp_path / "big.bin"
+    big.write_bytes(os.urandom(5 << 20))
+    bck.object("big.bin").get_writer().put_file(str(big))
+    assert bck.object("big.bin").get_reader().read_all() == big.read_bytes()
+    assert [e.name for e in bck.list_all_objects()] == ["a/b.bin", "big.bin"]
     assert client.cluster().is_ready()
 
 
