@@ -9,7 +9,8 @@ import json
 import os
 import re
 import select
-from collections.abc import Iterator
+import ssl
+from collections.abc import Iterator, Mapping
 from typing import Any, BinaryIO
 from urllib.parse import quote, urlencode, urlsplit
 
@@ -26,6 +27,35 @@ _NODE_PREFIX = re.compile(r"^(?:[tp]\[[^\]\s]*\]:\s*)+")
 
 class NodeUnreachable(AisdlError):
     status = 503
+
+
+TRUTHY = ("1", "t", "true", "y", "yes", "on")  # what AIS's CLI takes for "true"
+
+
+def tls_from_env(environ: Mapping[str, str] = os.environ) -> ssl.SSLContext:
+    """How the client checks an HTTPS node, from AIS's CLI variables: `AIS_CLIENT_CA` (a PEM
+    bundle of the CAs to trust instead of the system's), `AIS_SKIP_VERIFY_CRT=true` (trust any
+    certificate: for a test node only)."""
+    if environ.get("AIS_SKIP_VERIFY_CRT", "").strip().lower() in TRUTHY:
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        return context
+    ca = environ.get("AIS_CLIENT_CA", "")
+    try:
+        return ssl.create_default_context(cafile=ca or None)
+    except (OSError, ssl.SSLError) as exc:
+        reason = getattr(exc, "strerror", None) or getattr(exc, "reason", None) or exc
+        raise AisdlError(f"cannot use AIS_CLIENT_CA={ca}: {reason}") from None
+
+
+def _unreachable(endpoint: str, exc: Exception) -> NodeUnreachable:
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return NodeUnreachable(
+            f"the node at {endpoint} has a certificate this client does not trust"
+            f" ({exc.verify_message}); set AIS_CLIENT_CA to the file of its CA's certificate,"
+            " or AIS_SKIP_VERIFY_CRT=true to skip the check")
+    return NodeUnreachable(f"cannot reach the node at {endpoint}: {exc}")
 
 
 class Response:
@@ -87,18 +117,25 @@ def _body_size(data: Any) -> int | None:
 
 
 class Client:
-    def __init__(self, endpoint: str, timeout: float = 30.0) -> None:
+    def __init__(self, endpoint: str, timeout: float = 30.0,
+                 tls: ssl.SSLContext | None = None) -> None:
+        """`tls`: how an `https://` endpoint's certificate is checked [default: as AIS's CLI
+        does, from $AIS_CLIENT_CA and $AIS_SKIP_VERIFY_CRT (`tls_from_env`)]."""
         self.endpoint = endpoint.rstrip("/")
         self.timeout = timeout
         url = urlsplit(self.endpoint)
         self._https = url.scheme == "https"
         self._host = url.hostname or "127.0.0.1"
         self._port = url.port or (443 if self._https else 80)
+        self._tls = (tls or tls_from_env()) if self._https else None
         self._conn: http.client.HTTPConnection | None = None  # kept alive between calls
 
     def _connect(self, timeout: float | None) -> http.client.HTTPConnection:
-        cls = http.client.HTTPSConnection if self._https else http.client.HTTPConnection
-        return cls(self._host, self._port, timeout=timeout, blocksize=BODY_BLOCK)
+        if self._tls is not None:
+            return http.client.HTTPSConnection(self._host, self._port, timeout=timeout,
+                                               blocksize=BODY_BLOCK, context=self._tls)
+        return http.client.HTTPConnection(self._host, self._port, timeout=timeout,
+                                          blocksize=BODY_BLOCK)
 
     def _pooled(self, timeout: float | None) -> http.client.HTTPConnection:
         """The kept-alive connection, unless the node closed it while we were idle."""
@@ -128,17 +165,33 @@ class Client:
         if size is not None:
             headers["Content-Length"] = str(size)
         url = f"/v1/{path}" + (f"?{urlencode(params)}" if params else "")
+        if self._https and method == "PUT" and path.startswith("objects/"):
+            # Over HTTPS a node (as AIS's proxy) answers an object PUT's headers with a 307 to
+            # the URL that takes the body, reading no body first: ask, then send it there.
+            probe = self._exchange(self._connect(wait), method, url, None,
+                                   {**headers, "Connection": "close"}, stream=False)
+            location = probe.headers.get("Location")
+            if probe.status_code not in (301, 307) or not location:
+                _raise_for(probe)
+                return probe
+            target = urlsplit(location)
+            url = target.path + (f"?{target.query}" if target.query else "")
         conn = self._connect(wait) if stream else self._pooled(wait)
+        resp = self._exchange(conn, method, url, data, headers, stream=stream,
+                              chunked=size is None)
+        _raise_for(resp)
+        return resp
+
+    def _exchange(self, conn: http.client.HTTPConnection, method: str, url: str, data: Any,
+                  headers: dict[str, str], *, stream: bool, chunked: bool = False) -> Response:
         try:
-            conn.request(method, url, body=data, headers=headers,
-                         encode_chunked=size is None)
+            conn.request(method, url, body=data, headers=headers, encode_chunked=chunked)
             resp = Response(conn.getresponse())
             if not stream:
                 resp.content  # noqa: B018 - read now: the connection serves the next call
         except (OSError, http.client.HTTPException) as exc:
             conn.close()
-            raise NodeUnreachable(f"cannot reach the node at {self.endpoint}: {exc}") from exc
-        _raise_for(resp)
+            raise _unreachable(self.endpoint, exc) from exc
         return resp
 
     # -- node -------------------------------------------------------------------------------

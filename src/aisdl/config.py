@@ -69,6 +69,9 @@ class NodeConfig:
     fetch_procs: int = field(default_factory=default_fetch_procs)
     # `--no-auth`: the user accepts that anyone who reaches a non-loopback address controls the node
     no_auth: bool = False
+    # HTTPS only when both are set (PEM files: the certificate chain, its private key)
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
 
     @property
     def transfer_limits(self) -> TransferLimits:
@@ -78,7 +81,12 @@ class NodeConfig:
     @property
     def endpoint(self) -> str:
         host = "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host
-        return f"http://{host}:{self.port}"
+        scheme = "https" if self.tls else "http"
+        return f"{scheme}://{host}:{self.port}"
+
+    @property
+    def tls(self) -> bool:
+        return self.tls_cert is not None and self.tls_key is not None
 
     @property
     def loopback_only(self) -> bool:

@@ -13,6 +13,7 @@ import logging
 import os
 import signal
 import socket
+import ssl
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -53,6 +54,7 @@ def run_node(config: NodeConfig) -> None:
     # What the node writes (database, objects, work files) is its owner's alone: the objects
     # and the jobs' links and headers may be private; its fetch workers inherit this too.
     os.umask(0o077)
+    tls = tls_context(config.tls_cert, config.tls_key) if config.tls else None
     try:
         config.home.mkdir(mode=0o700, parents=True, exist_ok=True)
     except OSError as exc:
@@ -69,7 +71,7 @@ def run_node(config: NodeConfig) -> None:
 
             runner = uvloop.run
         try:
-            runner(_serve(create_app(config), sock))
+            runner(_serve(create_app(config), sock, tls))
         except KeyboardInterrupt:
             pass
     finally:
@@ -160,14 +162,40 @@ def listen(host: str, port: int) -> socket.socket:
     return sock
 
 
-async def _serve(app: web.Application, sock: socket.socket) -> None:
+def tls_context(cert: Path | None, key: Path | None) -> ssl.SSLContext:
+    """The server side of HTTPS from PEM files: checked before the node takes its home, so a
+    wrong file is a one-line error, not a node that fails each client's handshake."""
+    assert cert is not None and key is not None
+    for what, path in (("certificate", cert), ("key", key)):
+        try:
+            with open(path, "rb"):
+                pass
+        except OSError as exc:
+            raise AisdlError(f"cannot read the TLS {what} {path}: {exc.strerror or exc}"
+                             ) from None
+    def no_passphrase() -> str:  # else OpenSSL would ask for it on the terminal, and wait
+        raise AisdlError(f"the TLS key {key} is encrypted; give the node an unencrypted key"
+                         " (readable by its user only)")
+
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        context.load_cert_chain(cert, key, password=no_passphrase)
+    except ssl.SSLError as exc:
+        raise AisdlError(f"cannot use the TLS certificate {cert} with the key {key}:"
+                         f" {exc.reason or exc} (both PEM; the key must be the certificate's)"
+                         ) from None
+    return context
+
+
+async def _serve(app: web.Application, sock: socket.socket,
+                 tls: ssl.SSLContext | None) -> None:
     from aiohttp import web
 
     from aisdl.api import keys
 
     runner = web.AppRunner(app, handle_signals=False, access_log=None)
     await runner.setup()
-    await web.SockSite(runner, sock).start()
+    await web.SockSite(runner, sock, ssl_context=tls).start()
     config = app[keys.CONFIG]
     logging.getLogger("aisdl").info(
         "node listening on %s (home %s)", config.endpoint, config.home)

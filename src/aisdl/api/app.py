@@ -11,6 +11,7 @@ from aiohttp import web
 
 from aisdl.api import buckets, cluster, download, keys, objects
 from aisdl.api.middleware import MAX_REQUEST_BODY, ais_errors, only_what_is_carried_out
+from aisdl.api.tls_redirect import redirect_object_puts
 from aisdl.config import NodeConfig
 from aisdl.db import Database
 from aisdl.jobs.manager import JobManager
@@ -18,7 +19,9 @@ from aisdl.store.store import Store
 
 
 def create_app(config: NodeConfig) -> web.Application:
-    app = web.Application(middlewares=[ais_errors, only_what_is_carried_out],
+    # over HTTPS, object PUTs are redirected before anything else looks at them
+    first = [redirect_object_puts] if config.tls else []
+    app = web.Application(middlewares=[*first, ais_errors, only_what_is_carried_out],
                           client_max_size=MAX_REQUEST_BODY)
     app[keys.CONFIG] = config
     app[keys.NODE_ID] = _node_id(config)

@@ -20,11 +20,14 @@ PROBE_TIMEOUT = 2.0
 
 def ensure_node(client: Client) -> None:
     """Returns once `client`'s node answers; its connection then serves the command's calls."""
+    endpoint = client.endpoint
+    url = urlsplit(endpoint)
+    if url.scheme != "http":  # a background node serves plain HTTP: nothing to start
+        client.request("GET", "health", timeout=PROBE_TIMEOUT)  # its error says what is wrong
+        return
     occupant = _occupant(client)
     if occupant == "":
         return
-    endpoint = client.endpoint
-    url = urlsplit(endpoint)
     if url.hostname not in ("127.0.0.1", "localhost") or url.port is None:
         raise NodeUnreachable(f"no node answers at {endpoint} (is AIS_ENDPOINT right?)")
     if occupant is not None:

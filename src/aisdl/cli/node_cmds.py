@@ -51,12 +51,18 @@ from aisdl.sources.cloud_settings import CloudSettings
 @click.option("--no-auth", is_flag=True,
               help="Serve a non-loopback --host without tokens: anyone who reaches it controls "
                    "the node (downloads, data, shutdown).")
+@click.option("--tls-cert", type=click.Path(path_type=Path), default=None,
+              help="Serve HTTPS only, with this PEM certificate (chain); needs --tls-key.")
+@click.option("--tls-key", type=click.Path(path_type=Path), default=None,
+              help="The PEM private key of --tls-cert.")
 def serve(port: int, host: str, home: Path | None, mountpaths: tuple[Path, ...],
           allow_private_egress: bool, max_conns: int, max_per_host: int, retry_attempts: int,
           retry_delay: float, stall_timeout: float, min_rate: int, rate_window: float,
           max_object_size: int, event_loop: str, fetch_procs: int | None,
-          no_auth: bool) -> None:
+          no_auth: bool, tls_cert: Path | None, tls_key: Path | None) -> None:
     """Run a node in the foreground (Ctrl+C stops it; unfinished jobs resume at the next start)."""
+    if (tls_cert is None) != (tls_key is None):
+        raise click.UsageError("--tls-cert and --tls-key go together: give both, or neither")
     config = NodeConfig(
         home=(home or default_home()).resolve(), host=host, port=port,
         mountpaths=tuple(p.resolve() for p in mountpaths),
@@ -68,6 +74,8 @@ def serve(port: int, host: str, home: Path | None, mountpaths: tuple[Path, ...],
     )
     if fetch_procs is not None:
         config = replace(config, fetch_procs=fetch_procs)
+    if tls_cert is not None and tls_key is not None:
+        config = replace(config, tls_cert=tls_cert.resolve(), tls_key=tls_key.resolve())
     cloud = CloudSettings.from_env(os.environ, allow_private=config.may_fetch_private)
     from aisdl.node import run_node  # asyncio and the web stack: only for `ais serve`
 
