@@ -54,6 +54,7 @@ class NodeConfig:
     port: int = 8080
     mountpaths: tuple[Path, ...] = ()
     allow_private_egress: bool = False
+    allowed_hosts: tuple[str, ...] = ()  # more names users reach the node by (api/browser.py)
     max_connections: int = 64        # node-wide concurrent source connections
     max_per_host: int = 0            # 0 = no per-host cap below max_connections
     # Every transfer, whatever its job asks: no byte for `stall_timeout` seconds cuts it (it is

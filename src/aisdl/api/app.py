@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from aisdl.api import buckets, cluster, download, keys, objects
+from aisdl.api.browser import guard_browsers
 from aisdl.api.middleware import MAX_REQUEST_BODY, ais_errors, only_what_is_carried_out
 from aisdl.api.tls_redirect import redirect_object_puts
 from aisdl.config import NodeConfig
@@ -21,7 +22,8 @@ from aisdl.store.store import Store
 def create_app(config: NodeConfig) -> web.Application:
     # over HTTPS, object PUTs are redirected before anything else looks at them
     first = [redirect_object_puts] if config.tls else []
-    app = web.Application(middlewares=[*first, ais_errors, only_what_is_carried_out],
+    app = web.Application(middlewares=[*first, ais_errors, guard_browsers(config),
+                                       only_what_is_carried_out],
                           client_max_size=MAX_REQUEST_BODY)
     app[keys.CONFIG] = config
     app[keys.NODE_ID] = _node_id(config)

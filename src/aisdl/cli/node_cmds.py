@@ -15,6 +15,16 @@ from aisdl.config import NodeConfig, RetryPolicy, default_home
 from aisdl.sources.cloud_settings import CloudSettings
 
 
+def _host_names(ctx: click.Context, param: click.Parameter,
+                values: tuple[str, ...]) -> tuple[str, ...]:
+    from aisdl.api.browser import normalize_allowed_host
+
+    try:
+        return tuple(normalize_allowed_host(v) for v in values)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
 @click.command()
 @click.option("--port", default=8080, show_default=True, help="TCP port to listen on.")
 @click.option("--host", default="127.0.0.1", show_default=True,
@@ -25,6 +35,9 @@ from aisdl.sources.cloud_settings import CloudSettings
               help="Directory for object data; repeat for several disks [default: HOME/data].")
 @click.option("--allow-private-egress", is_flag=True,
               help="Let a node listening beyond loopback fetch from loopback and private networks.")
+@click.option("--allowed-host", "allowed_hosts", multiple=True, callback=_host_names,
+              help="Another name (or address) users reach the node by; repeat for several. "
+                   "Requests under any other name are refused (DNS rebinding).")
 @click.option("--max-conns", default=64, show_default=True,
               help="Node-wide limit of concurrent source connections.")
 @click.option("--max-per-host", type=click.IntRange(min=0), default=0,
@@ -56,7 +69,8 @@ from aisdl.sources.cloud_settings import CloudSettings
 @click.option("--tls-key", type=click.Path(path_type=Path), default=None,
               help="The PEM private key of --tls-cert.")
 def serve(port: int, host: str, home: Path | None, mountpaths: tuple[Path, ...],
-          allow_private_egress: bool, max_conns: int, max_per_host: int, retry_attempts: int,
+          allow_private_egress: bool, allowed_hosts: tuple[str, ...], max_conns: int,
+          max_per_host: int, retry_attempts: int,
           retry_delay: float, stall_timeout: float, min_rate: int, rate_window: float,
           max_object_size: int, event_loop: str, fetch_procs: int | None,
           no_auth: bool, tls_cert: Path | None, tls_key: Path | None) -> None:
@@ -66,8 +80,8 @@ def serve(port: int, host: str, home: Path | None, mountpaths: tuple[Path, ...],
     config = NodeConfig(
         home=(home or default_home()).resolve(), host=host, port=port,
         mountpaths=tuple(p.resolve() for p in mountpaths),
-        allow_private_egress=allow_private_egress, max_connections=max_conns,
-        max_per_host=max_per_host,
+        allow_private_egress=allow_private_egress, allowed_hosts=allowed_hosts,
+        max_connections=max_conns, max_per_host=max_per_host,
         retry=RetryPolicy(attempts=retry_attempts, base_delay=retry_delay),
         stall_timeout=stall_timeout, min_rate=min_rate, rate_window=rate_window,
         max_object_size=max_object_size, event_loop=event_loop, no_auth=no_auth,
