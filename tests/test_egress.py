@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
 from aisdl.engine.egress import blocked_name, blocked_reason
@@ -68,3 +73,99 @@ def test_metadata_names_are_refused(name: str) -> None:
 def test_ordinary_names_are_not_refused_by_name() -> None:
     assert blocked_name("storage.googleapis.com") is None
     assert blocked_name("s3.amazonaws.com") is None
+
+
+# -- the cloud path, probed inside a network namespace that has only loopback -----------------
+# Nothing here can leave the machine: the probe runs under `unshare -rn` (a new network
+# namespace with only `lo`), and strace records every connect() it makes.
+PROBE = r'''
+import asyncio, sys
+from pathlib import Path
+from aiohttp import web
+from aisdl.errors import SourceError
+from aisdl.sources.cloud import CloudSource
+from aisdl.sources.cloud_settings import CloudSettings
+
+async def main(kind, mode, target, hosts):
+    async def answer(request):
+        if mode == "redirect":
+            raise web.HTTPFound(target)
+        # Connection: close, so that each request needs a new (checked) connection
+        return web.Response(body=b"x", headers={
+            "ETag": '"e"', "Last-Modified": "Mon, 01 Jan 2024 00:00:00 GMT",
+            "Connection": "close"})
+    app = web.Application()
+    app.router.add_route("*", "/{path:.*}", answer)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]
+    host = "store.rebind.test" if mode == "rebind" else "127.0.0.1"
+    url = f"http://{host}:{port}"
+    env = {"s3": {"AWS_ENDPOINT_URL": url, "AWS_ACCESS_KEY_ID": "k",
+                  "AWS_SECRET_ACCESS_KEY": "s"},
+           "gcs": {"STORAGE_EMULATOR_HOST": url}}[kind]
+    source = CloudSource(CloudSettings.from_env(env, allow_private=True))
+    link = {"s3": "s3://b/k", "gcs": "gs://b/k"}[kind]
+    if mode == "rebind":  # checked while it names loopback, then re-pointed at the target
+        Path(hosts).write_text(f"127.0.0.1 {host}\n")
+        await source.head(link)
+        Path(hosts).write_text(f"{target} {host}\n")
+        await asyncio.sleep(0.1)
+    try:
+        async with source.open(link, timeout=3) as obj:
+            print("READ", obj.meta)
+    except SourceError as exc:
+        print("ERROR", exc.message)
+    await source.aclose()
+
+asyncio.run(main(*sys.argv[1:]))
+'''
+
+
+def _probe(tmp_path: Path, kind: str, mode: str, target: str) -> tuple[str, list[str]]:
+    """Run the probe in a loopback-only namespace: (its output, the non-loopback connects)."""
+    if shutil.which("unshare") is None or shutil.which("strace") is None:
+        pytest.skip("needs unshare and strace")
+    if subprocess.run(["unshare", "-rnm", "true"], capture_output=True).returncode:
+        pytest.skip("cannot make a user + network namespace here")
+    (tmp_path / "probe.py").write_text(PROBE)
+    hosts = tmp_path / "hosts"
+    hosts.write_text("127.0.0.1 localhost\n")
+    trace = tmp_path / "trace"
+    script = (f"ip link set lo up && mount --bind {hosts} /etc/hosts && "
+              f"exec strace -f -qq -e trace=connect -o {trace} {sys.executable} "
+              f"{tmp_path / 'probe.py'} {kind} {mode} {target} {hosts}")
+    r = subprocess.run(["unshare", "-rnm", "bash", "-c", script], capture_output=True,
+                       text=True, timeout=120)
+    connects = [line for line in trace.read_text().splitlines()
+                if "connect(" in line and "AF_INET" in line
+                and "127.0.0.1" not in line and '"::1"' not in line]
+    return r.stdout + r.stderr, connects
+
+
+@pytest.mark.parametrize(("kind", "target", "refused"), [
+    ("s3", "http://169.254.169.254/latest/meta-data/", "169.254.169.254 (cloud metadata)"),
+    ("s3", "https://169.254.169.254/latest/meta-data/", "169.254.169.254 (cloud metadata)"),
+    ("s3", "http://100.100.100.200/latest/meta-data/", "100.100.100.200 (cloud metadata)"),
+    ("s3", "http://[fd00:ec2::254]/latest/meta-data/", "fd00:ec2::254 (cloud metadata)"),
+    ("gcs", "http://169.254.169.254/computeMetadata/v1/", "169.254.169.254 (cloud metadata)"),
+])
+def test_a_cloud_endpoint_cannot_redirect_to_metadata(tmp_path: Path, kind: str, target: str,
+                                                      refused: str) -> None:
+    """An S3 endpoint (or a GCS emulator, STORAGE_EMULATOR_HOST) answering 302 to a metadata
+    address: the read fails as refused egress, and no connection to it is even attempted."""
+    out, connects = _probe(tmp_path, kind, "redirect", target)
+    assert f"ERROR dload: egress blocked: {refused}" in out, out
+    assert connects == []
+
+
+@pytest.mark.parametrize("kind", ["s3", "gcs"])
+def test_a_cloud_endpoint_name_rebound_to_metadata_is_refused(tmp_path: Path,
+                                                              kind: str) -> None:
+    """The endpoint's name resolved to loopback when it was first checked and used, then to the
+    metadata address: the next connection is checked again and refused."""
+    out, connects = _probe(tmp_path, kind, "rebind", "169.254.169.254")
+    assert "ERROR dload: egress blocked: 169.254.169.254 (cloud metadata)" in out, out
+    assert connects == []

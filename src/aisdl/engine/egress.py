@@ -13,10 +13,13 @@ test server) or when started with --allow-private-egress.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import ipaddress
+import os
 import socket
 from typing import Any
+from urllib.parse import urlsplit
 
 from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.resolver import DefaultResolver
@@ -151,3 +154,127 @@ class EgressResolver(AbstractResolver):
 
     async def close(self, *args: Any) -> None:
         await self._inner.close()
+
+
+# -- the checking proxy ----------------------------------------------------------------------
+_HEAD_LIMIT = 64 * 1024
+_COPY_CHUNK = 256 * 1024
+CONNECT_LIMIT = 60.0  # seconds; the client gives up sooner by its own connect timeout
+
+
+async def open_checked(host: str, port: int,
+                       allow_private: bool) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """Resolve `host`, check every address it has, and connect to a checked one (pinned: the
+    name is not resolved again between the check and the connect)."""
+    check_name(host)
+    infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    addresses = [str(info[4][0]) for info in infos]
+    for address in addresses:
+        check_address(address, allow_private)
+    error: OSError = OSError(f"{host} has no address")
+    for address in addresses:
+        try:
+            return await asyncio.wait_for(asyncio.open_connection(address, port), CONNECT_LIMIT)
+        except TimeoutError:
+            error = OSError(f"{address}: connect timed out")
+        except OSError as exc:
+            error = exc
+    raise error
+
+
+class EgressProxy:
+    """An HTTP proxy on a loopback port through which a library that cannot check its own
+    connections (obstore: reqwest follows redirects, resolves names itself) makes every one:
+    each CONNECT (https) or absolute-form request (http) is resolved, checked and connected to
+    the checked address here. A refused one is answered 403 (one that cannot connect, 502) with
+    the reason in the body, also kept in `failure` (the latest): reqwest reports a failed
+    CONNECT only as "TunnelUnsuccessful", so the caller looks here to say why."""
+
+    def __init__(self, allow_private: bool) -> None:
+        self.allow_private = allow_private
+        self.failure: str | None = None
+        self._server: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> str:
+        """Listen on 127.0.0.1 (a free port); returns the proxy URL."""
+        if self._server is None:
+            self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        port = self._server.sockets[0].getsockname()[1]
+        return f"http://127.0.0.1:{port}"
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            self._server = None
+        for task in list(self._tasks):
+            task.cancel()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks.add(task)
+        try:
+            await self._relay(reader, writer)
+        except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError,
+                asyncio.CancelledError):
+            pass  # a malformed request, a peer gone, or the proxy closing: drop the connection
+        finally:
+            self._tasks.discard(task)
+            writer.close()
+
+    async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        if len(head) > _HEAD_LIMIT:
+            return
+        line, _, rest = head.partition(b"\r\n")
+        method, target, version = line.decode("latin-1").split(" ")
+        if method == "CONNECT":
+            host, _, port = target.rpartition(":")
+            first = b""
+        else:  # absolute-form: http://host[:port]/path; sent on in origin-form
+            url = urlsplit(target)
+            if url.scheme != "http" or not url.hostname:
+                return
+            host, port = url.hostname, str(url.port or 80)
+            path = url.path or "/"
+            if url.query:
+                path += "?" + url.query
+            first = f"{method} {path} {version}\r\n".encode("latin-1") + rest
+        try:
+            up_reader, up_writer = await open_checked(host.strip("[]"), int(port),
+                                                      self.allow_private)
+        except OSError as exc:
+            blocked = isinstance(exc, EgressBlocked)
+            self.failure = str(exc) if blocked else \
+                f"cannot connect to {host}:{port}: {_why(exc)}"
+            body = self.failure.encode()
+            writer.write(b"HTTP/1.1 %s\r\nContent-Type: text/plain\r\nConnection: close\r\n"
+                         b"Content-Length: %d\r\n\r\n%s"
+                         % (b"403 Forbidden" if blocked else b"502 Bad Gateway", len(body), body))
+            await writer.drain()
+            return
+        try:
+            if method == "CONNECT":
+                writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
+            else:
+                up_writer.write(first)
+            await asyncio.gather(_copy(reader, up_writer), _copy(up_reader, writer))
+        finally:
+            up_writer.close()
+
+
+def _why(exc: OSError) -> str:
+    """'Connection refused', not asyncio's 'Connect call failed (...)'."""
+    return os.strerror(exc.errno) if exc.errno else str(exc)
+
+
+async def _copy(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    try:
+        while chunk := await reader.read(_COPY_CHUNK):
+            writer.write(chunk)
+            await writer.drain()
+        if writer.can_write_eof():
+            writer.write_eof()
+    except OSError:
+        writer.close()
