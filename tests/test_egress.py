@@ -105,9 +105,10 @@ async def main(kind, mode, target, hosts):
     url = f"http://{host}:{port}"
     env = {"s3": {"AWS_ENDPOINT_URL": url, "AWS_ACCESS_KEY_ID": "k",
                   "AWS_SECRET_ACCESS_KEY": "s"},
-           "gcs": {"STORAGE_EMULATOR_HOST": url}}[kind]
+           "gcs": {"STORAGE_EMULATOR_HOST": url},
+           "azure": {"AZURE_STORAGE_ACCOUNT_NAME": "a", "AZURE_STORAGE_ENDPOINT": url}}[kind]
     source = CloudSource(CloudSettings.from_env(env, allow_private=True))
-    link = {"s3": "s3://b/k", "gcs": "gs://b/k"}[kind]
+    link = {"s3": "s3://b/k", "gcs": "gs://b/k", "azure": "az://b/k"}[kind]
     if mode == "rebind":  # checked while it names loopback, then re-pointed at the target
         Path(hosts).write_text(f"127.0.0.1 {host}\n")
         await source.head(link)
@@ -151,17 +152,22 @@ def _probe(tmp_path: Path, kind: str, mode: str, target: str) -> tuple[str, list
     ("s3", "http://100.100.100.200/latest/meta-data/", "100.100.100.200 (cloud metadata)"),
     ("s3", "http://[fd00:ec2::254]/latest/meta-data/", "fd00:ec2::254 (cloud metadata)"),
     ("gcs", "http://169.254.169.254/computeMetadata/v1/", "169.254.169.254 (cloud metadata)"),
+    ("gcs", "http://metadata.google.internal/computeMetadata/v1/",
+     "metadata.google.internal (cloud metadata)"),
+    ("azure", "http://169.254.169.254/metadata/instance", "169.254.169.254 (cloud metadata)"),
+    ("s3", "http://[fec0::1]/", "fec0::1 (site-local)"),
 ])
 def test_a_cloud_endpoint_cannot_redirect_to_metadata(tmp_path: Path, kind: str, target: str,
                                                       refused: str) -> None:
-    """An S3 endpoint (or a GCS emulator, STORAGE_EMULATOR_HOST) answering 302 to a metadata
-    address: the read fails as refused egress, and no connection to it is even attempted."""
+    """An S3 endpoint (a GCS emulator, STORAGE_EMULATOR_HOST; an Azure endpoint) answering 302
+    to a metadata address: the read fails as refused egress, and no connection to it (nor to
+    any other address but loopback) is even attempted."""
     out, connects = _probe(tmp_path, kind, "redirect", target)
     assert f"ERROR dload: egress blocked: {refused}" in out, out
     assert connects == []
 
 
-@pytest.mark.parametrize("kind", ["s3", "gcs"])
+@pytest.mark.parametrize("kind", ["s3", "gcs", "azure"])
 def test_a_cloud_endpoint_name_rebound_to_metadata_is_refused(tmp_path: Path,
                                                               kind: str) -> None:
     """The endpoint's name resolved to loopback when it was first checked and used, then to the
