@@ -46,7 +46,7 @@ from obstore.exceptions import (
 )
 from obstore.store import AzureStore, GCSStore, S3Store
 
-from aisdl.engine.egress import EgressBlocked, check_address
+from aisdl.engine.egress import EgressBlocked, EgressProxy, check_address
 from aisdl.errors import SourceError
 from aisdl.models import PROVIDER_SCHEME, SCHEME_PROVIDER, Bucket
 from aisdl.sources.base import SourceObject
@@ -152,8 +152,13 @@ def _no_bucket(link: str) -> SourceError:
                        "does not exist", transient=False)
 
 
-def translate(exc: BaseException, link: str) -> SourceError:
-    """One obstore (or DNS/egress) failure as a SourceError a user can act on."""
+_EGRESS = re.compile(r"egress blocked: [^\n\\\"]*")
+_PROXY_CONNECT = re.compile(r"cannot connect to (\S+): ([^\n\\\"]*)")
+
+
+def translate(exc: BaseException, link: str, tunnel_failure: str | None = None) -> SourceError:
+    """One obstore (or DNS/egress) failure as a SourceError a user can act on;
+    `tunnel_failure`: why the egress proxy last failed a tunnel (https)."""
     if isinstance(exc, SourceError):
         return exc
     text = str(exc)
@@ -161,6 +166,15 @@ def translate(exc: BaseException, link: str) -> SourceError:
     where = f"{PROVIDER_SCHEME[provider]}://{bucket}"
     if isinstance(exc, EgressBlocked):
         return SourceError(f"dload: {exc}", transient=False)
+    if tunnel_failure and "TunnelUnsuccessful" in text:
+        text = tunnel_failure
+    blocked = _EGRESS.search(text)  # the egress proxy's answer
+    if blocked:
+        return SourceError(f"dload: {blocked.group(0)}", transient=False)
+    unreachable = _PROXY_CONNECT.search(text)
+    if unreachable:
+        return SourceError(f"cannot connect to {unreachable.group(1)} for {link}: "
+                           f"{unreachable.group(2)}", transient=True)
     if _bucket_gone(exc):
         return _no_bucket(link)
     if isinstance(exc, FileNotFoundError):
@@ -183,8 +197,10 @@ def translate(exc: BaseException, link: str) -> SourceError:
 
 
 # -- stores --------------------------------------------------------------------------------
-def _client_options(endpoint: str | None, timeout: float | None) -> dict[str, Any]:
+def _client_options(endpoint: str | None, timeout: float | None,
+                    proxy: str) -> dict[str, Any]:
     opts: dict[str, Any] = {
+        "proxy_url": proxy,  # every connection, redirects included, is checked there
         "connect_timeout": timedelta(seconds=timeout or CONNECT_TIMEOUT),
         "read_timeout": timedelta(seconds=timeout or READ_TIMEOUT),
         "timeout": WHOLE_REQUEST,
@@ -287,6 +303,7 @@ class CloudSource:
     def __init__(self, settings: CloudSettings) -> None:
         self.settings = settings
         self._stores: dict[tuple[str, str, float | None], Any] = {}
+        self._proxy = EgressProxy(settings.allow_private)
 
     async def _store(self, provider: str, bucket: str, timeout: float | None = None) -> Any:
         key = (provider, bucket, timeout)
@@ -299,8 +316,9 @@ class CloudSource:
         try:
             if endpoint:
                 await _check_egress(endpoint, self.settings.allow_private)
+            proxy = await self._proxy.start()
             store = cls(bucket, config=config,
-                        client_options=_client_options(endpoint, timeout),
+                        client_options=_client_options(endpoint, timeout, proxy),
                         retry_config={"max_retries": 0})
         except EgressBlocked as exc:
             raise SourceError(f"dload: {exc}", transient=False) from exc
@@ -365,10 +383,10 @@ class CloudSource:
     async def _error(self, exc: BaseException, link: str, store: Any) -> SourceError:
         """`translate`, and for a bare 404 one listing to tell a missing bucket apart (not
         every server names the bucket in its answer)."""
-        err = translate(exc, link)
+        err = translate(exc, link, self._proxy.failure)
         if isinstance(exc, FileNotFoundError) and not _bucket_gone(exc):
             with contextlib.suppress(SourceError):
-                if not await _listable(store, link):
+                if not await _listable(store, link, self._proxy.failure):
                     return _no_bucket(link)
         return err
 
@@ -407,7 +425,7 @@ class CloudSource:
                         not chunk[-1]["path"].startswith(prefix):
                     return  # sorted listing: nothing later can match
         except Exception as exc:  # noqa: BLE001
-            raise translate(exc, link) from exc
+            raise translate(exc, link, self._proxy.failure) from exc
 
     async def put(self, link: str, path: str | Path) -> SourceObject:
         """Upload a local file (multipart when large); returns the new object's validators."""
@@ -416,7 +434,7 @@ class CloudSource:
         try:
             await obstore.put_async(store, key, Path(path))
         except Exception as exc:  # noqa: BLE001
-            raise translate(exc, link) from exc
+            raise translate(exc, link, self._proxy.failure) from exc
         return await self.head(link)
 
     async def delete(self, link: str) -> None:
@@ -427,20 +445,21 @@ class CloudSource:
             await obstore.delete_async(store, key)
         except FileNotFoundError as exc:
             if _bucket_gone(exc):
-                raise translate(exc, link) from exc
+                raise translate(exc, link, self._proxy.failure) from exc
         except Exception as exc:  # noqa: BLE001
-            raise translate(exc, link) from exc
+            raise translate(exc, link, self._proxy.failure) from exc
 
     async def bucket_exists(self, bucket: Bucket) -> bool:
         """True when the bucket can be listed, False when the provider says it does not exist;
         other failures (credentials, network) raise SourceError."""
         link = f"{PROVIDER_SCHEME[bucket.provider]}://{bucket.name}/"
         store = await self._store(bucket.provider, bucket.name)
-        return await _listable(store, link)
+        return await _listable(store, link, self._proxy.failure)
 
     async def aclose(self) -> None:
         """Drop every store (and its connection pool) while the event loop still runs."""
         self._stores.clear()
+        await self._proxy.close()
         await asyncio.sleep(0)
 
 
@@ -457,7 +476,7 @@ async def _fresh_if_stale(call: Callable[[], Awaitable[Any]]) -> Any:
     return await call()
 
 
-async def _listable(store: Any, link: str) -> bool:
+async def _listable(store: Any, link: str, tunnel_failure: str | None = None) -> bool:
     """List one name: False when the bucket does not exist, SourceError for other failures."""
     try:
         async for _ in obstore.list(store, chunk_size=1):
@@ -465,7 +484,7 @@ async def _listable(store: Any, link: str) -> bool:
     except Exception as exc:  # noqa: BLE001
         if _bucket_gone(exc) or isinstance(exc, FileNotFoundError) or _status(str(exc)) == 404:
             return False
-        raise translate(exc, link) from exc
+        raise translate(exc, link, tunnel_failure) from exc
     return True
 
 
