@@ -87,9 +87,10 @@ def _body_size(data: Any) -> int | None:
 
 
 class Client:
-    def __init__(self, endpoint: str, timeout: float = 30.0) -> None:
+    def __init__(self, endpoint: str, timeout: float = 30.0, token: str | None = None) -> None:
         self.endpoint = endpoint.rstrip("/")
         self.timeout = timeout
+        self._auth = {"Authorization": f"Bearer {token}"} if token else {}  # AIS AuthN token
         url = urlsplit(self.endpoint)
         self._https = url.scheme == "https"
         self._host = url.hostname or "127.0.0.1"
@@ -120,7 +121,7 @@ class Client:
         """One call; `stream` leaves the body unread (on a connection of its own). `timeout`:
         seconds, None to wait as long as it takes, or by default the client's."""
         wait: float | None = self.timeout if timeout is _CLIENT_TIMEOUT else timeout
-        headers = dict(headers or {})
+        headers = {**self._auth, **(headers or {})}
         if json_body is not None:
             headers.setdefault("Content-Type", "application/json")
             data = json.dumps(json_body).encode()

@@ -67,6 +67,10 @@ class NodeConfig:
     cloud: CloudSettings = field(default_factory=CloudSettings)
     event_loop: str = "asyncio"      # or "uvloop"
     fetch_procs: int = field(default_factory=default_fetch_procs)
+    # Token checking (api/auth.py): "HS256" with a shared secret, "RS256" with the issuer's
+    # public key (PEM); "" checks nothing.
+    auth_algorithm: str = ""
+    auth_key: bytes = field(default=b"", repr=False)
 
     @property
     def transfer_limits(self) -> TransferLimits:

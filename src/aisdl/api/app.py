@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from aisdl.api import buckets, cluster, download, keys, objects
+from aisdl.api import auth, buckets, cluster, download, keys, objects
 from aisdl.api.middleware import MAX_REQUEST_BODY, ais_errors, only_what_is_carried_out
 from aisdl.config import NodeConfig
 from aisdl.db import Database
@@ -17,7 +17,10 @@ from aisdl.store.store import Store
 
 
 def create_app(config: NodeConfig) -> web.Application:
-    app = web.Application(middlewares=[ais_errors, only_what_is_carried_out],
+    # Tokens are checked before the route check reads a body or names what is not supported.
+    token_check = ([auth.checking(auth.Verifier(config.auth_algorithm, config.auth_key))]
+                   if config.auth_algorithm else [])
+    app = web.Application(middlewares=[ais_errors, *token_check, only_what_is_carried_out],
                           client_max_size=MAX_REQUEST_BODY)
     app[keys.CONFIG] = config
     app[keys.NODE_ID] = _node_id(config)

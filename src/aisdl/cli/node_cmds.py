@@ -48,10 +48,16 @@ from aisdl.sources.cloud_settings import CloudSettings
 @click.option("--fetch-procs", type=click.IntRange(min=0), default=None,
               help="Worker processes that fetch objects (0: fetch in the node process) "
                    "[default: one per core, up to 8].")
+@click.option("--auth-secret", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Require AIS AuthN tokens signed (HS256) with the secret in this file.")
+@click.option("--auth-public-key", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Require AIS AuthN tokens signed (RS256) by the key pair of this PEM "
+                   "public key.")
 def serve(port: int, host: str, home: Path | None, mountpaths: tuple[Path, ...],
           allow_private_egress: bool, max_conns: int, max_per_host: int, retry_attempts: int,
           retry_delay: float, stall_timeout: float, min_rate: int, rate_window: float,
-          max_object_size: int, event_loop: str, fetch_procs: int | None) -> None:
+          max_object_size: int, event_loop: str, fetch_procs: int | None,
+          auth_secret: Path | None, auth_public_key: Path | None) -> None:
     """Run a node in the foreground (Ctrl+C stops it; unfinished jobs resume at the next start)."""
     config = NodeConfig(
         home=(home or default_home()).resolve(), host=host, port=port,
@@ -64,10 +70,29 @@ def serve(port: int, host: str, home: Path | None, mountpaths: tuple[Path, ...],
     )
     if fetch_procs is not None:
         config = replace(config, fetch_procs=fetch_procs)
+    config = _with_auth(config, auth_secret, auth_public_key)
     cloud = CloudSettings.from_env(os.environ, allow_private=config.may_fetch_private)
     from aisdl.node import run_node  # asyncio and the web stack: only for `ais serve`
 
     run_node(replace(config, cloud=cloud))
+
+
+def _with_auth(config: NodeConfig, secret: Path | None, public_key: Path | None) -> NodeConfig:
+    """The node's token key: one of a shared secret (HS256) or an issuer's public key (RS256)."""
+    if secret and public_key:
+        raise click.UsageError("give --auth-secret or --auth-public-key, not both")
+    if secret:
+        key = secret.read_bytes().strip()
+        if not key:
+            raise click.BadParameter(f"{secret} is empty", param_hint="--auth-secret")
+        return replace(config, auth_algorithm="HS256", auth_key=key)
+    if public_key:
+        key = public_key.read_bytes()
+        from aisdl.cli.auth_cmds import check_public_key
+
+        check_public_key(key, public_key)
+        return replace(config, auth_algorithm="RS256", auth_key=key)
+    return config
 
 
 @click.group()
@@ -79,7 +104,7 @@ def node() -> None:
 @click.pass_obj
 def node_stop(obj: CliContext) -> None:
     """Stop the node at $AIS_ENDPOINT (unfinished jobs resume when it starts again)."""
-    client = Client(obj.endpoint)
+    client = Client(obj.endpoint, token=obj.token)
     if not client.health():
         click.echo(f"No node is running at {obj.endpoint}")
         return
