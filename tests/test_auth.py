@@ -219,6 +219,20 @@ def test_bucket_token_grants_its_bucket_only(auth_node: Node, origin: Any) -> No
     start = {"type": "single", "link": origin.url_for("/f"), "object_name": "f"}
     r = rw.post(f"{endpoint}/v1/download", json={**start, "bucket": {"name": "mine"}}, timeout=10)
     assert r.status_code == 200, r.text
+    mine = r.json()["id"]
+    theirs = admin.post(f"{endpoint}/v1/download", json={**start, "bucket": {"name": "theirs"}},
+                        timeout=10).json()["id"]
+    # Its own job's status, abort and removal; not another bucket's job, nor the list of all.
+    assert rw.get(f"{endpoint}/v1/download", json={"id": mine}, timeout=10).status_code == 200
+    assert rw.get(f"{endpoint}/v1/download", json={"id": theirs}, timeout=10).status_code == 403
+    assert rw.get(f"{endpoint}/v1/download", json={}, timeout=10).status_code == 403
+    assert rw.delete(f"{endpoint}/v1/download/remove", json={"id": theirs},
+                     timeout=10).status_code == 403
+    assert admin.get(f"{endpoint}/v1/download", json={"id": theirs}, timeout=10).ok
+    assert rw.delete(f"{endpoint}/v1/download/abort", json={"id": mine},
+                     timeout=10).status_code == 200
+    assert rw.get(f"{endpoint}/v1/download", json={"id": "nosuchjob"},
+                  timeout=10).status_code == 403
     r = rw.post(f"{endpoint}/v1/download", json={**start, "bucket": {"name": "theirs"}},
                 timeout=10)
     assert r.status_code == 403, r.text

@@ -13,7 +13,9 @@ before anything is read or changed, and both, with every admin action, leave one
 
 from __future__ import annotations
 
+import json
 import logging
+import sqlite3
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import IntFlag
@@ -24,8 +26,9 @@ from aiohttp import web
 
 from aisdl.api.buckets import read_action
 from aisdl.api.cluster import _cluster_uuid as cluster_uuid
-from aisdl.api.keys import NODE_ID
+from aisdl.api.keys import DB, NODE_ID
 from aisdl.api.middleware import Handler, error_response
+from aisdl.api.objects import parse_uname
 from aisdl.errors import AisdlError
 from aisdl.models import Bucket
 
@@ -195,10 +198,12 @@ NEEDS: dict[tuple[str, str], Access | ByAction] = {
     ("GET", "/v1/cluster"): Access.SHOW_CLUSTER,
     ("PUT", "/v1/cluster"): Access.ADMIN,
     ("POST", "/v1/download"): Access.PUT,  # on the job's destination bucket
-    ("GET", "/v1/download"): Access.SHOW_CLUSTER,
+    ("GET", "/v1/download"): Access.SHOW_CLUSTER,  # one job's status: list on its bucket
     ("HEAD", "/v1/download"): Access.SHOW_CLUSTER,
-    ("DELETE", "/v1/download/{action}"): Access.ADMIN,
+    ("DELETE", "/v1/download/{action}"): Access.PUT,  # on the job's bucket
 }
+JOB_ROUTES = frozenset({("GET", "/v1/download"), ("HEAD", "/v1/download"),
+                        ("DELETE", "/v1/download/{action}")})
 
 
 async def _needs(request: web.Request, route: str) -> list[tuple[Bucket | None, Access]]:
@@ -213,21 +218,50 @@ async def _needs(request: web.Request, route: str) -> list[tuple[Bucket | None, 
         if "append_type" in request.query:
             need = Access.APPEND
         elif "object_to" in request.query:  # a copy: read here, put there
-            from aisdl.api.objects import parse_uname
-
             try:
                 target, _ = parse_uname(request.query["object_to"])
             except AisdlError:
                 target = None  # refused by the handler; cluster-wide put meanwhile
             return [(bucket, Access.GET), (target, Access.PUT)]
+    if (request.method, route) in JOB_ROUTES:
+        job_id = (await _json_body(request)).get("id")
+        if job_id:  # one job: its bucket's grant (an unknown job: cluster-wide, then 404)
+            bucket = await _job_bucket(request, str(job_id))
+            need = Access.OBJ_LIST if request.method != "DELETE" else need
     if route == "/v1/download" and request.method == "POST":
-        body = await request.json() if request.body_exists else None
-        spec = body.get("bucket") if isinstance(body, dict) else None
+        spec = (await _json_body(request)).get("bucket")
         try:
             bucket = Bucket.of(spec["name"], spec.get("provider")) if spec else None
         except (AisdlError, KeyError, TypeError, AttributeError):
             bucket = None  # the handler says what is wrong; cluster-wide put meanwhile
     return [(bucket, need)]
+
+
+async def _json_body(request: web.Request) -> dict[str, Any]:
+    """The request's JSON object; {} for anything else (its handler says what is wrong)."""
+    if not request.body_exists:
+        return {}
+    try:
+        body = json.loads(await request.read())
+    except ValueError:
+        return {}
+    return body if isinstance(body, dict) else {}
+
+
+async def _job_bucket(request: web.Request, job_id: str) -> Bucket | None:
+    """A download job's destination bucket, without reading its spec's object list."""
+    def query(conn: sqlite3.Connection) -> sqlite3.Row | None:
+        row: sqlite3.Row | None = conn.execute(
+            "SELECT json_extract(spec, '$.bucket.provider') AS provider,"
+            " json_extract(spec, '$.bucket.name') AS bucket FROM jobs WHERE id = ?",
+            (job_id,)).fetchone()
+        return row
+
+    row = await request.app[DB].run(query)
+    try:
+        return Bucket.of(row["bucket"], row["provider"]) if row is not None else None
+    except AisdlError:
+        return None
 
 
 def _bucket_of(request: web.Request, route: str) -> Bucket | None:
