@@ -16,6 +16,7 @@ import requests
 from aistore.sdk import Client as SdkClient
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
+from jwt.warnings import InsecureKeyLengthWarning
 
 from aisdl.api.auth import CLUSTER_RO, RO, RW, Access, Claims, parse_claims
 from aisdl.models import Bucket
@@ -348,3 +349,21 @@ def test_grants_follow_ais_rules(claims: dict[str, Any], bucket: Bucket | None, 
                                  granted: bool) -> None:
     parsed: Claims = parse_claims({"sub": "u", **claims})
     assert parsed.grants("C1", bucket, need) is granted
+
+
+def test_short_secret_and_bad_keys_say_so_in_one_line(tmp_path: Path) -> None:
+    cli = Ais(Node(free_port(), tmp_path / "h", tmp_path / "l"), tmp_path, tmp_path)
+    short = tmp_path / "short"
+    short.write_text("aBitLongSecretKey\n")  # AuthN's example secret: accepted, with a warning
+    r = cli("auth", "token", "create", "--secret", short, "--user", "u", "--admin")
+    with pytest.warns(InsecureKeyLengthWarning):
+        assert jwt.decode(r.stdout.strip(), b"aBitLongSecretKey", algorithms=["HS256"])["admin"]
+    assert r.stderr.startswith("Warning: the secret is 17 bytes") and r.stderr.count("\n") == 1
+    not_pem = tmp_path / "not.pem"
+    not_pem.write_text("hello")
+    r = cli("serve", "--port", free_port(), "--home", tmp_path / "h2", "--auth-public-key",
+            not_pem, check=False, timeout=30)
+    assert r.returncode == 2 and "not a PEM RSA public key" in r.stderr, r.output
+    r = cli("serve", "--port", free_port(), "--home", tmp_path / "h2", "--auth-public-key",
+            not_pem, "--auth-secret", short, check=False, timeout=30)
+    assert r.returncode == 2 and "not both" in r.stderr, r.output

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import sqlite3
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import IntFlag
@@ -23,6 +24,7 @@ from typing import Any
 
 import jwt
 from aiohttp import web
+from jwt.warnings import InsecureKeyLengthWarning
 
 from aisdl.api.buckets import read_action
 from aisdl.api.cluster import _cluster_uuid as cluster_uuid
@@ -67,6 +69,19 @@ CLUSTER_BITS = CLUSTER_RW | Access.ADMIN  # granted cluster-wide only, never per
 # What changes the node beyond one bucket's objects: each such request leaves an audit line.
 ADMIN_ACTIONS = Access.ADMIN | Access.CREATE_BUCKET | Access.DESTROY_BUCKET | BUCKET_ADMIN
 PERMS = {"ro": RO, "rw": RW, "su": Access(~0 & ((1 << 18) - 1))}
+
+# AIS AuthN's own secrets may be short: `ais serve` and `ais auth token create` say so once
+# (short_secret_warning), rather than PyJWT on every token.
+MIN_SECRET_BYTES = 32
+warnings.filterwarnings("ignore", category=InsecureKeyLengthWarning)
+
+
+def short_secret_warning(secret: bytes) -> str | None:
+    if len(secret) >= MIN_SECRET_BYTES:
+        return None
+    return (f"Warning: the secret is {len(secret)} bytes; HS256 wants {MIN_SECRET_BYTES} or more"
+            " (e.g. `openssl rand -hex 32`)")
+
 
 OPEN_ROUTES = frozenset({("GET", "/v1/health")})
 

@@ -130,6 +130,10 @@ def token_create(secret: Path, user: str, admin: bool, buckets: tuple[str, ...],
         raise click.BadParameter(f"{secret} is empty", param_hint="--secret")
     import jwt
 
+    from aisdl.api.auth import short_secret_warning
+
+    if warning := short_secret_warning(key):
+        click.echo(warning, err=True)
     claims = claims_for(user, admin, buckets, cluster, cluster_id, expires, time.time())
     click.echo(jwt.encode(claims, key, algorithm="HS256"))
 

@@ -85,6 +85,10 @@ def _with_auth(config: NodeConfig, secret: Path | None, public_key: Path | None)
         key = secret.read_bytes().strip()
         if not key:
             raise click.BadParameter(f"{secret} is empty", param_hint="--auth-secret")
+        from aisdl.api.auth import short_secret_warning
+
+        if warning := short_secret_warning(key):
+            click.echo(warning, err=True)
         return replace(config, auth_algorithm="HS256", auth_key=key)
     if public_key:
         key = public_key.read_bytes()
