@@ -128,9 +128,13 @@ def test_non_loopback_with_no_auth_starts(tmp_path: Path) -> None:
     ("0.0.0.0", False, False), ("::", False, False), ("10.1.2.3", False, False),
     ("node.example", False, False),  # a name may resolve to any address
     ("0.0.0.0", True, True), ("node.example", True, True),
+    ("0.0.0.0", "HS256", True), ("::", "RS256", True),  # tokens: safe to expose
 ])
-def test_which_listen_addresses_need_tokens(host: str, no_auth: bool, starts: bool) -> None:
-    config = NodeConfig(home=Path("/nonexistent"), host=host, no_auth=no_auth)
+def test_which_listen_addresses_need_tokens(host: str, no_auth: bool | str,
+                                            starts: bool) -> None:
+    tokens = no_auth if isinstance(no_auth, str) else ""
+    config = NodeConfig(home=Path("/nonexistent"), host=host, no_auth=no_auth is True,
+                        auth_algorithm=tokens, auth_key=b"k" * 32 if tokens else b"")
     if starts:
         check_exposure(config)
     else:

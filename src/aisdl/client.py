@@ -118,11 +118,13 @@ def _body_size(data: Any) -> int | None:
 
 class Client:
     def __init__(self, endpoint: str, timeout: float = 30.0,
-                 tls: ssl.SSLContext | None = None) -> None:
+                 tls: ssl.SSLContext | None = None, token: str | None = None) -> None:
         """`tls`: how an `https://` endpoint's certificate is checked [default: as AIS's CLI
-        does, from $AIS_CLIENT_CA and $AIS_SKIP_VERIFY_CRT (`tls_from_env`)]."""
+        does, from $AIS_CLIENT_CA and $AIS_SKIP_VERIFY_CRT (`tls_from_env`)]; `token`: an AIS
+        AuthN token, sent with every request."""
         self.endpoint = endpoint.rstrip("/")
         self.timeout = timeout
+        self._auth = {"Authorization": f"Bearer {token}"} if token else {}  # AIS AuthN token
         url = urlsplit(self.endpoint)
         self._https = url.scheme == "https"
         self._host = url.hostname or "127.0.0.1"
@@ -157,7 +159,7 @@ class Client:
         """One call; `stream` leaves the body unread (on a connection of its own). `timeout`:
         seconds, None to wait as long as it takes, or by default the client's."""
         wait: float | None = self.timeout if timeout is _CLIENT_TIMEOUT else timeout
-        headers = dict(headers or {})
+        headers = {**self._auth, **(headers or {})}
         if json_body is not None:
             headers.setdefault("Content-Type", "application/json")
             data = json.dumps(json_body).encode()

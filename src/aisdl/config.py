@@ -73,6 +73,10 @@ class NodeConfig:
     # HTTPS only when both are set (PEM files: the certificate chain, its private key)
     tls_cert: Path | None = None
     tls_key: Path | None = None
+    # Token checking (api/auth.py): "HS256" with a shared secret, "RS256" with the issuer's
+    # public key (PEM); "" checks nothing.
+    auth_algorithm: str = ""
+    auth_key: bytes = field(default=b"", repr=False)
 
     @property
     def transfer_limits(self) -> TransferLimits:
@@ -95,9 +99,8 @@ class NodeConfig:
 
     @property
     def auth_enabled(self) -> bool:
-        """Whether the API asks for tokens. Nothing configures a token issuer yet, so never; it
-        becomes true once an auth secret or public key is given."""
-        return False
+        """Whether the API asks for tokens (`--auth-secret` or `--auth-public-key`)."""
+        return bool(self.auth_algorithm)
 
     @property
     def may_fetch_private(self) -> bool:

@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from aisdl.api import buckets, cluster, download, keys, objects
+from aisdl.api import auth, buckets, cluster, download, keys, objects
 from aisdl.api.browser import guard_browsers
 from aisdl.api.middleware import MAX_REQUEST_BODY, ais_errors, only_what_is_carried_out
 from aisdl.api.tls_redirect import redirect_object_puts
@@ -20,9 +20,12 @@ from aisdl.store.store import Store
 
 
 def create_app(config: NodeConfig) -> web.Application:
-    # over HTTPS, object PUTs are redirected before anything else looks at them
+    # Over HTTPS, object PUTs are redirected before anything else looks at them; tokens are
+    # checked before the route check reads a body or names what is not supported.
     first = [redirect_object_puts] if config.tls else []
-    app = web.Application(middlewares=[*first, ais_errors, guard_browsers(config),
+    token_check = ([auth.checking(auth.Verifier(config.auth_algorithm, config.auth_key))]
+                   if config.auth_algorithm else [])
+    app = web.Application(middlewares=[*first, ais_errors, guard_browsers(config), *token_check,
                                        only_what_is_carried_out],
                           client_max_size=MAX_REQUEST_BODY)
     app[keys.CONFIG] = config

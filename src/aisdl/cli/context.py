@@ -12,7 +12,17 @@ DEFAULT_ENDPOINT = "http://127.0.0.1:8080"
 class CliContext:
     def __init__(self) -> None:
         self.endpoint = os.environ.get("AIS_ENDPOINT", DEFAULT_ENDPOINT).rstrip("/")
+        self._token: str | None = None
         self._client: Client | None = None
+
+    @property
+    def token(self) -> str | None:
+        """The AuthN token the CLI sends, found as AIS's CLI finds it (cli/auth_cmds.py)."""
+        if self._token is None:
+            from aisdl.cli.auth_cmds import cli_token
+
+            self._token = cli_token() or ""
+        return self._token or None
 
     @property
     def client(self) -> Client:
@@ -20,7 +30,7 @@ class CliContext:
         if self._client is None:
             from aisdl.cli.autostart import ensure_node
 
-            client = Client(self.endpoint)
+            client = Client(self.endpoint, token=self.token)
             ensure_node(client)
             self._client = client
         return self._client

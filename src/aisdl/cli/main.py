@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from aisdl.cli import buckets, download, node_cmds, objects_multi
+from aisdl.cli import auth_cmds, buckets, download, node_cmds, objects_multi
 from aisdl.cli.context import CliContext
 from aisdl.cli.download import JobFailed, WatchInterrupted
 from aisdl.errors import AisdlError
@@ -55,6 +55,7 @@ buckets.register(cli, bucket)
 download.register(cli, job)
 node_cmds.register(cli)
 objects_multi.register(cli)
+auth_cmds.register(cli)
 
 
 def main() -> None:

@@ -68,12 +68,18 @@ def _host_names(ctx: click.Context, param: click.Parameter,
               help="Serve HTTPS only, with this PEM certificate (chain); needs --tls-key.")
 @click.option("--tls-key", type=click.Path(path_type=Path), default=None,
               help="The PEM private key of --tls-cert.")
+@click.option("--auth-secret", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Require AIS AuthN tokens signed (HS256) with the secret in this file.")
+@click.option("--auth-public-key", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Require AIS AuthN tokens signed (RS256) by the key pair of this PEM "
+                   "public key.")
 def serve(port: int, host: str, home: Path | None, mountpaths: tuple[Path, ...],
           allow_private_egress: bool, allowed_hosts: tuple[str, ...], max_conns: int,
           max_per_host: int, retry_attempts: int,
           retry_delay: float, stall_timeout: float, min_rate: int, rate_window: float,
           max_object_size: int, event_loop: str, fetch_procs: int | None,
-          no_auth: bool, tls_cert: Path | None, tls_key: Path | None) -> None:
+          no_auth: bool, tls_cert: Path | None, tls_key: Path | None,
+          auth_secret: Path | None, auth_public_key: Path | None) -> None:
     """Run a node in the foreground (Ctrl+C stops it; unfinished jobs resume at the next start)."""
     if (tls_cert is None) != (tls_key is None):
         raise click.UsageError("--tls-cert and --tls-key go together: give both, or neither")
@@ -90,10 +96,33 @@ def serve(port: int, host: str, home: Path | None, mountpaths: tuple[Path, ...],
         config = replace(config, fetch_procs=fetch_procs)
     if tls_cert is not None and tls_key is not None:
         config = replace(config, tls_cert=tls_cert.resolve(), tls_key=tls_key.resolve())
+    config = _with_auth(config, auth_secret, auth_public_key)
     cloud = CloudSettings.from_env(os.environ, allow_private=config.may_fetch_private)
     from aisdl.node import run_node  # asyncio and the web stack: only for `ais serve`
 
     run_node(replace(config, cloud=cloud))
+
+
+def _with_auth(config: NodeConfig, secret: Path | None, public_key: Path | None) -> NodeConfig:
+    """The node's token key: one of a shared secret (HS256) or an issuer's public key (RS256)."""
+    if secret and public_key:
+        raise click.UsageError("give --auth-secret or --auth-public-key, not both")
+    if secret:
+        key = secret.read_bytes().strip()
+        if not key:
+            raise click.BadParameter(f"{secret} is empty", param_hint="--auth-secret")
+        from aisdl.api.auth import short_secret_warning
+
+        if warning := short_secret_warning(key):
+            click.echo(warning, err=True)
+        return replace(config, auth_algorithm="HS256", auth_key=key)
+    if public_key:
+        key = public_key.read_bytes()
+        from aisdl.cli.auth_cmds import check_public_key
+
+        check_public_key(key, public_key)
+        return replace(config, auth_algorithm="RS256", auth_key=key)
+    return config
 
 
 @click.group()
@@ -105,7 +134,7 @@ def node() -> None:
 @click.pass_obj
 def node_stop(obj: CliContext) -> None:
     """Stop the node at $AIS_ENDPOINT (unfinished jobs resume when it starts again)."""
-    client = Client(obj.endpoint)
+    client = Client(obj.endpoint, token=obj.token)
     if not client.health():
         click.echo(f"No node is running at {obj.endpoint}")
         return
