@@ -22,6 +22,7 @@ from aisdl.api.auth import CLUSTER_RO, RO, RW, Access, Claims, parse_claims
 from aisdl.models import Bucket
 from conftest import Ais, Node
 from helpers import free_port, is_finished
+from helpers_tls import TlsNode, make_cert
 from origin import payload
 from test_api_sweep import SAMPLE_ORDER, app_routes, samples, snapshot
 
@@ -96,6 +97,24 @@ def secret_file(tmp_path: Path) -> Path:
 def auth_node(tmp_path: Path, secret_file: Path) -> Iterator[Node]:
     n = Node(free_port(), tmp_path / "home", tmp_path / "node.log",
              extra_args=("--auth-secret", str(secret_file)))
+    yield from _running(n)
+
+
+@pytest.fixture(params=["http", "https"])
+def any_auth_node(request: pytest.FixtureRequest, tmp_path: Path,
+                  secret_file: Path) -> Iterator[Node]:
+    """A node checking tokens, over plain http or over HTTPS with a self-signed certificate
+    (its `cert` attribute: the CA its clients trust)."""
+    args = ("--auth-secret", str(secret_file))
+    if request.param == "http":
+        n = Node(free_port(), tmp_path / "home", tmp_path / "node.log", extra_args=args)
+    else:
+        n = TlsNode(free_port(), tmp_path / "home", tmp_path / "node.log",
+                    *make_cert(tmp_path), more_args=args)
+    yield from _running(n)
+
+
+def _running(n: Node) -> Iterator[Node]:
     n.start()
     try:
         yield n
@@ -281,22 +300,26 @@ def test_rs256_node_accepts_only_its_key_pair(tmp_path: Path) -> None:
         n.proc.wait(15)  # type: ignore[union-attr]
 
 
-def test_sdk_with_a_token(auth_node: Node, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_sdk_with_a_token(any_auth_node: Node, monkeypatch: pytest.MonkeyPatch) -> None:
     for var in ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "AIS_AUTHN_TOKEN"):
         monkeypatch.delenv(var, raising=False)
     assert ADMIN is not None
-    sdk = SdkClient(auth_node.endpoint, token=ADMIN.removeprefix("Bearer "))
+    auth_node, ca = any_auth_node, getattr(any_auth_node, "cert", None)
+    sdk = SdkClient(auth_node.endpoint, token=ADMIN.removeprefix("Bearer "),
+                    ca_cert=str(ca) if ca else None)
     sdk.bucket("sdkb").create()
     sdk.bucket("sdkb").object("o").get_writer().put_content(b"hello")
     assert sdk.bucket("sdkb").object("o").get_reader().read_all() == b"hello"
-    anonymous = SdkClient(auth_node.endpoint)
+    anonymous = SdkClient(auth_node.endpoint, ca_cert=str(ca) if ca else None)
     with pytest.raises(Exception, match="401|missing token"):
         anonymous.bucket("sdkb").object("o").get_reader().read_all()
 
 
-def test_cli_sends_the_token_from_each_source(auth_node: Node, tmp_path: Path,
+def test_cli_sends_the_token_from_each_source(any_auth_node: Node, tmp_path: Path,
                                               secret_file: Path) -> None:
-    cli = Ais(auth_node, tmp_path / "cli-home", tmp_path)
+    cli = Ais(any_auth_node, tmp_path / "cli-home", tmp_path)
+    if ca := getattr(any_auth_node, "cert", None):
+        cli.env["AIS_CLIENT_CA"] = str(ca)
     (tmp_path / "cli-home").mkdir()
     made = cli("auth", "token", "create", "--secret", secret_file, "--user", "carol",
                "--cluster", "rw", "--expires", "1h").stdout.strip()
