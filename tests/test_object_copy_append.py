@@ -348,7 +348,7 @@ def test_client_closing_a_get_early_is_one_info_line(node: Node) -> None:
     sdk = Client(node.endpoint)
     sdk.bucket("early").create().object("big").get_writer().put_content(b"\x07" * (32 << 20))
     with socket.create_connection(("127.0.0.1", node.port)) as s:
-        s.sendall(b"GET /v1/objects/early/big HTTP/1.1\r\nHost: x\r\n\r\n")
+        s.sendall(b"GET /v1/objects/early/big HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
         assert s.recv(65536)
     deadline = time.monotonic() + 10
     while "closed the connection" not in node.log() and time.monotonic() < deadline:

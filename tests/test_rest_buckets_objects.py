@@ -227,7 +227,7 @@ def test_ranges(http: Session, bucket: str) -> None:
 
 def test_invalid_object_names(inproc: InProcessNode, bucket: str) -> None:
     for name in ("a/../b", "%2E%2E/x", "dir/", "~/x", "a//b"):
-        req = (f"GET /v1/objects/{bucket}/{name}?provider=ais HTTP/1.1\r\nHost: x\r\n"
+        req = (f"GET /v1/objects/{bucket}/{name}?provider=ais HTTP/1.1\r\nHost: 127.0.0.1\r\n"
                "Connection: close\r\n\r\n")
         answer = raw_request(inproc.endpoint, req.encode())
         assert answer.startswith(b"HTTP/1.1 400"), (name, answer[:200])
@@ -235,7 +235,7 @@ def test_invalid_object_names(inproc: InProcessNode, bucket: str) -> None:
 
 
 def test_short_body_is_not_committed(http: Session, inproc: InProcessNode, bucket: str) -> None:
-    req = (f"PUT /v1/objects/{bucket}/short?provider=ais HTTP/1.1\r\nHost: x\r\n"
+    req = (f"PUT /v1/objects/{bucket}/short?provider=ais HTTP/1.1\r\nHost: 127.0.0.1\r\n"
            "Content-Type: application/json\r\nContent-Length: 100\r\n\r\n").encode()
     raw_request(inproc.endpoint, req + b"only ten b", cut=True)
     deadline = time.monotonic() + 1

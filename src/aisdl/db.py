@@ -54,7 +54,11 @@ class Database:
     def _open(path: Path) -> sqlite3.Connection:
         # Created the owner's only: it keeps the jobs' links and request headers (credentials);
         # SQLite gives its -wal and -shm files the database's own mode.
-        os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+        try:
+            os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+        except OSError as exc:  # worded as SQLite words the same failure
+            raise sqlite3.OperationalError(
+                f"unable to open database file {path}: {exc.strerror or exc}") from exc
         conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         conn.row_factory = sqlite3.Row
         conn.execute("PRAGMA journal_mode=WAL")
