@@ -390,3 +390,13 @@ def test_short_secret_and_bad_keys_say_so_in_one_line(tmp_path: Path) -> None:
     r = cli("serve", "--port", free_port(), "--home", tmp_path / "h2", "--auth-public-key",
             not_pem, "--auth-secret", short, check=False, timeout=30)
     assert r.returncode == 2 and "not both" in r.stderr, r.output
+
+
+def test_a_start_body_too_deep_to_parse_is_400_with_a_token_too(auth_node: Node) -> None:
+    """The token check reads a start request's bucket; a body that defeats the parser is the
+    handler's 400, as on a node without tokens, not a 500."""
+    assert ADMIN is not None
+    r = session(ADMIN).post(f"{auth_node.endpoint}/v1/download", data=b"[" * 100_000,
+                            headers={"Content-Type": "application/json"}, timeout=30)
+    assert r.status_code == 400, r.text
+    assert auth_node.client().health()

@@ -13,7 +13,7 @@ before anything is read or changed, and both, with every admin action, leave one
 
 from __future__ import annotations
 
-import json
+import asyncio
 import logging
 import sqlite3
 import warnings
@@ -28,10 +28,11 @@ from jwt.warnings import InsecureKeyLengthWarning
 
 from aisdl.api.buckets import read_action
 from aisdl.api.cluster import _cluster_uuid as cluster_uuid
+from aisdl.api.download import BIG_REQUESTS, INLINE_BODY
 from aisdl.api.keys import DB, NODE_ID
 from aisdl.api.middleware import Handler, error_response
 from aisdl.api.objects import parse_uname
-from aisdl.errors import AisdlError
+from aisdl.errors import AisdlError, parse_json
 from aisdl.models import Bucket
 
 audit = logging.getLogger("aisdl.audit")
@@ -253,12 +254,20 @@ async def _needs(request: web.Request, route: str) -> list[tuple[Bucket | None, 
 
 
 async def _json_body(request: web.Request) -> dict[str, Any]:
-    """The request's JSON object; {} for anything else (its handler says what is wrong)."""
+    """The request's JSON object; {} for anything else (its handler says what is wrong).
+    Parsed as the start handler parses it: bounded (errors.parse_json), and on a thread, two
+    at a time, when it is big, so the event loop is not held."""
     if not request.body_exists:
         return {}
+    raw = await request.read()
     try:
-        body = json.loads(await request.read())
-    except ValueError:
+        if len(raw) <= INLINE_BODY:
+            body = parse_json(raw, "request body")
+        else:
+            async with request.app[BIG_REQUESTS]:
+                body = await asyncio.get_running_loop().run_in_executor(
+                    None, parse_json, raw, "request body")
+    except AisdlError:
         return {}
     return body if isinstance(body, dict) else {}
 
