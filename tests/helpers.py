@@ -86,3 +86,13 @@ def small_tmpfs(path: Path, options: str) -> Iterator[Path]:
         yield path
     finally:
         subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+def fetched_twice(origin: Any, prefix: str) -> list[str]:
+    """Paths under `prefix` that the origin sent whole more than once (a GET without `Range`):
+    an object downloaded again instead of resumed or recorded."""
+    whole: dict[str, int] = {}
+    for r in origin.requests(method="GET"):
+        if r.path.startswith(prefix) and "range" not in r.headers:
+            whole[r.path] = whole.get(r.path, 0) + 1
+    return sorted(p for p, n in whole.items() if n > 1)

@@ -15,7 +15,7 @@ import pytest
 
 from aisdl.models import Bucket
 from conftest import Node
-from helpers import free_port, wait_job
+from helpers import fetched_twice, free_port, wait_job
 from origin import payload
 
 
@@ -86,6 +86,7 @@ def test_a_worker_killed_mid_job_costs_no_file(origin, node2):
     st = wait_job(c, job, timeout=60)
     assert (st["finished_cnt"], st["error_cnt"]) == (n, 0)
     assert_all_objects(node2, n)
+    assert fetched_twice(origin, "/w/") == []  # what it had placed is recorded, not fetched
     assert "fetch worker" in node2.log() and "exited" in node2.log()
     assert len(workers_of(node2.proc.pid)) == 2  # replaced
     work = [p for p in node2.home.rglob("*") if ".work" in p.parts and p.is_file()]

@@ -12,7 +12,7 @@ from collections import deque
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 
-from aisdl.engine.hostlimit import HostLimit
+from aisdl.engine.hostlimit import START, HostLimit
 
 log = logging.getLogger("aisdl.engine")
 MAX_HOSTS = 4096  # hosts whose limits are remembered; idle ones are forgotten beyond that
@@ -104,10 +104,11 @@ class FairSlots:
     holds no slot of the node.
     """
 
-    def __init__(self, total: int, per_host: int,
+    def __init__(self, total: int, per_host: int, host_start: int = START,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.total = max(1, total)
         self.per_host = max(1, min(per_host, self.total))
+        self.host_start = max(1, host_start)
         self.used = 0
         self.hosts: dict[str, HostLimit] = {}
         self.held: dict[Hashable, int] = {}
@@ -126,7 +127,8 @@ class FairSlots:
             if len(self.hosts) >= MAX_HOSTS:  # forget what idle hosts taught us
                 for key in [k for k, v in self.hosts.items() if not v.in_flight]:
                     del self.hosts[key]
-            limit = self.hosts[host] = HostLimit(self.per_host, clock=self._clock)
+            limit = self.hosts[host] = HostLimit(self.per_host, start=self.host_start,
+                                                 clock=self._clock)
         return limit
 
     def take(self, job: Hashable, host: str) -> _Held:

@@ -1,7 +1,8 @@
-"""Fetching on worker processes, so that a node uses more than one core: one event loop per
-worker, each with its share of the node's connections. The job runner sees the same interface
-as a Fetcher. Throttled requests (their token bucket lives here) and nodes configured with no
-workers fetch in this process."""
+"""Running chunks on worker processes, so that a node uses more than one core: one event loop
+per worker, each with its share of the node's connections and its own per-host limits. A worker
+fetches and places a chunk's objects and answers once per chunk (engine/chunks.py). Throttled
+jobs (their token bucket lives here) and nodes configured with no workers run chunks in this
+process."""
 
 from __future__ import annotations
 
@@ -13,20 +14,30 @@ import math
 import os
 import sys
 import time
-from collections.abc import Hashable
 from typing import Any
 
+import msgspec
+
 from aisdl.config import NodeConfig
-from aisdl.engine.fetch import Fetched, Fetcher, FetchEvents, FetchRequest, TaskEvents
-from aisdl.engine.hostlimit import host_of
+from aisdl.engine.chunks import (
+    CHUNK_ENCODER,
+    PROGRESS_DECODER,
+    RESULT_DECODER,
+    ChunkRunner,
+    Watch,
+    journal_file,
+    placed_rows,
+)
+from aisdl.engine.fetch import Fetcher
+from aisdl.engine.hostlimit import START
 from aisdl.engine.ipc import Outbox, receive
-from aisdl.engine.limits import FairSlots, Ticket
-from aisdl.errors import SourceError
+from aisdl.engine.limits import FairSlots, TokenBucket
 from aisdl.sources.registry import Sources
+from aisdl.store.layout import Layout
 
 log = logging.getLogger("aisdl.engine")
-CANCEL_WAIT = 5.0  # seconds a cancelled fetch waits for its worker to let go of the work file
-RESUBMITS = 2      # times a fetch moves to a new worker after its worker died
+CANCEL_WAIT = 5.0  # seconds a cancelled chunk waits for its worker to let go of its work files
+RESUBMITS = 2      # times a chunk moves to a new worker after its worker died
 YOUNG = 10.0       # seconds: a worker that dies this young counts towards giving up on workers
 GIVE_UP_AFTER = 3
 READY_WAIT = 30.0  # seconds a new worker gets to open its sources before the node goes on
@@ -40,14 +51,24 @@ class WorkerLost(Exception):
     pass
 
 
+class WorkerSettings(msgspec.Struct, frozen=True):
+    """What a worker process is told first: the node's settings and its share of them."""
+
+    connections: int    # its share of the node's --max-conns
+    per_host: int       # its share of the per-host cap
+    host_start: int     # its share of the transfers a new host starts with
+    mountpaths: list[str]
+
+
 class _Worker:
-    """One worker process and the fetches it runs for us."""
+    """One worker process and the chunks it runs for us."""
 
     def __init__(self, proc: asyncio.subprocess.Process) -> None:
         assert proc.stdin is not None and proc.stdout is not None
         self.proc = proc
         self.outbox = Outbox(proc.stdin.write)
-        self.calls: dict[int, tuple[asyncio.Future[Any], FetchEvents]] = {}
+        self.calls: dict[int, tuple[asyncio.Future[Any], Watch]] = {}
+        self.items = 0  # items of the chunks it runs: its load
         self.alive = True
         self.stopping = False  # asked to exit: it does so on its own
         self.started = time.monotonic()
@@ -56,47 +77,45 @@ class _Worker:
         self._reader = asyncio.create_task(self._read(proc.stdout))
 
     @classmethod
-    async def spawn(cls, config: NodeConfig, connections: int) -> _Worker:
+    async def spawn(cls, config: NodeConfig, settings: WorkerSettings) -> _Worker:
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "aisdl.engine.worker", env={**os.environ, **MALLOC_ENV},
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE)
         worker = cls(proc)
-        worker.outbox.put((config, connections))
+        worker.outbox.put((config, settings))
         # A node is ready when its workers are (no job waits on their imports); a worker that
         # is merely slow to start on a loaded machine is used when it gets there.
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(asyncio.shield(worker.ready), READY_WAIT)
         return worker
 
-    async def fetch(self, req: FetchRequest, events: FetchEvents) -> Fetched:
+    async def run(self, watch: Watch) -> None:
+        """Run the chunk; its rows are added to `watch.rows` (also those done before a cancel)."""
         if not self.alive:  # died since it was picked: no reader is left to answer
             raise WorkerLost
         rid = next(self._ids)
         done = asyncio.get_running_loop().create_future()
-        self.calls[rid] = (done, events)
-        self.outbox.put(("fetch", rid, req))
+        self.calls[rid] = (done, watch)
+        size = len(watch.chunk.items)
+        self.items += size
+        self.outbox.put(("chunk", rid, CHUNK_ENCODER.encode(watch.chunk)))
         try:
-            outcome = await done
-        except asyncio.CancelledError:
-            await self._cancel(rid, events)
-            raise
-        kind, *args = outcome
-        if kind == "done":
-            fetched: Fetched = args[0]
-            return fetched
-        if kind == "source_error":
-            raise SourceError(args[0], transient=args[1], retry_after=args[2])
-        if kind == "os_error":
-            raise OSError(*args)
-        raise asyncio.CancelledError  # "cancelled": only ever after our own cancel
+            try:
+                await done
+            except asyncio.CancelledError:
+                await self._cancel(rid, watch)
+                raise
+        finally:
+            self.items -= size
 
-    async def _cancel(self, rid: int, events: FetchEvents) -> None:
-        """Stop the worker's transfer and wait until it no longer touches the work file."""
+    async def _cancel(self, rid: int, watch: Watch) -> None:
+        """Stop the chunk and wait (bounded) until the worker no longer touches its work files;
+        the rows it finished before come back with its answer."""
         if not self.alive:
             return
         released = asyncio.get_running_loop().create_future()
-        self.calls[rid] = (released, events)
-        self.outbox.put(("cancel", rid))
+        self.calls[rid] = (released, watch)
+        self.outbox.put(("cancel", rid, watch.discard))
         with contextlib.suppress(BaseException):
             await asyncio.wait_for(released, CANCEL_WAIT)
 
@@ -129,20 +148,21 @@ class _Worker:
         if kind == "progress":
             call = self.calls.get(rid)
             if call:
-                call[1].started(message[2], message[3])  # sets the absolute position
+                progress = PROGRESS_DECODER.decode(message[2])
+                call[1].in_flight = {f.index: f for f in progress.in_flight}
+                call[1].rows.extend(progress.rows)
             return
-        if kind == "strained":
-            call = self.calls.get(rid)
-            if call:
-                call[1].strained()
+        call = self.calls.pop(rid, None)  # "done"
+        if call is None:
             return
-        call = self.calls.pop(rid, None)
-        if call is None:  # a cancelled fetch that stopped waiting for its worker
-            return
-        fut, events = call
-        events.started(message[3], message[4])
+        fut, watch = call
+        watch.rows.extend(RESULT_DECODER.decode(message[2]).rows)
+        watch.in_flight = {}
+        if message[3]:
+            log.error("fetch worker %d: chunk %d of job %s: %s", self.proc.pid, watch.chunk.id,
+                      watch.chunk.job, message[3])
         if not fut.done():
-            fut.set_result(message[2])
+            fut.set_result(None)
 
     async def stop(self) -> None:
         assert self.proc.stdin is not None
@@ -156,71 +176,64 @@ class _Worker:
         await self._reader
 
 
-class _Watched:
-    """The events of one fetch, passed on; a sign of overload goes to its host's limit at once
-    (not when the fetch ends after its retries: by then the limit would have grown on the
-    successes of others)."""
-
-    def __init__(self, events: TaskEvents, slots: FairSlots, ticket: Ticket) -> None:
-        self.events, self.slots, self.ticket = events, slots, ticket
-
-    def started(self, offset: int, total: int | None) -> None:
-        self.events.started(offset, total)
-
-    def advanced(self, nbytes: int) -> None:
-        self.events.advanced(nbytes)
-
-    def strained(self) -> None:
-        self.slots.strained(self.ticket)
-
-
 class FetchPool:
-    def __init__(self, config: NodeConfig, procs: int) -> None:
-        self.config, self.procs = config, procs
+    def __init__(self, config: NodeConfig, procs: int, layout: Layout) -> None:
+        self.config, self.procs, self.layout = config, procs, layout
         self.local = Fetcher(Sources.open(config, config.max_connections), config.retry)
         self.sources = self.local.sources
         self.workers: list[_Worker] = []
-        self._share = math.ceil(config.max_connections / max(1, procs))
-        self.slots = FairSlots(config.max_connections,
-                               config.max_per_host or config.max_connections)
+        per_host = config.max_per_host or config.max_connections
+        # The node's connections, per-host caps and per-host starts are shared by its workers
+        # (each decides for itself: a chunk runs where its fetches happen).
+        n = max(1, procs)
+        self._settings = WorkerSettings(
+            math.ceil(config.max_connections / n), math.ceil(per_host / n),
+            math.ceil(START / n), list(layout.mountpaths))
+        self.slots = FairSlots(config.max_connections, per_host)
+        self.runner = ChunkRunner(self.local, layout, self.slots)
         self._respawn = asyncio.Lock()
         self._early_deaths = 0
 
     async def start(self) -> None:
         self.workers = list(await asyncio.gather(
-            *(_Worker.spawn(self.config, self._share) for _ in range(self.procs))))
+            *(_Worker.spawn(self.config, self._settings) for _ in range(self.procs))))
 
-    async def fetch(self, req: FetchRequest, events: TaskEvents,
-                    job: Hashable = None) -> Fetched:
-        """Fetch for `job` once it has its turn. Every fetch of the node passes here, wherever
-        it runs: one budget of --max-conns for all jobs, workers and the node's own pool (so
-        that few transfers wait inside a worker's connection pool), shared fairly by jobs, and
-        an adaptive limit per source host."""
-        async with self.slots.take(job, host_of(req.link)) as ticket:
-            try:
-                got = await self._fetch(req, _Watched(events, self.slots, ticket))
-            except SourceError:  # the host answered (a 404 too): it kept up, or said it did not
-                ticket.answered()
-                raise
-            ticket.answered()
-            return got
-
-    async def _fetch(self, req: FetchRequest, events: FetchEvents) -> Fetched:
-        if req.throttle is not None or not self.workers:
-            return await self.local.fetch(req, events)
+    async def run_chunk(self, watch: Watch, throttle: TokenBucket | None = None) -> None:
+        """Run a chunk on a worker (in this process when throttled or without workers); its
+        rows end up in `watch.rows`. A chunk whose worker died has what the worker placed
+        recorded from its journal, and the rest moves to another worker."""
+        if throttle is not None or not self.workers:
+            await self.runner.run(watch, throttle)
+            return
         for _ in range(RESUBMITS):
             worker = await self._pick()
             if worker is None:
                 break
             try:
-                return await worker.fetch(req, events)
+                await worker.run(watch)
+                return
             except WorkerLost:
-                log.warning("fetch worker %d exited; %s moves to another",
-                            worker.proc.pid, req.link)
-        return await self.local.fetch(req, events)
+                self._recover(watch, worker.proc.pid)
+                if not watch.chunk.items:
+                    return
+        await self.runner.run(watch)
+
+    def _recover(self, watch: Watch, pid: int) -> None:
+        chunk = watch.chunk
+        got = {r.index: r for r in placed_rows(
+            self.layout, chunk.bck, chunk.job, journal_file(self.layout, chunk.job, chunk.id))}
+        done = {r.index for r in watch.rows}
+        rows = [r for i, r in got.items() if i not in done]
+        watch.rows.extend(rows)
+        done.update(got)
+        left = [i for i in chunk.items if i.index not in done]
+        log.warning("fetch worker %d exited; %d object(s) of its chunk were in place, %d move "
+                    "to another", pid, len(rows), len(left))
+        watch.chunk = msgspec.structs.replace(chunk, items=left)
+        watch.in_flight = {}
 
     async def _pick(self) -> _Worker | None:
-        """The worker with the fewest fetches in flight; a worker that died is replaced, unless
+        """The worker with the fewest items in flight; a worker that died is replaced, unless
         workers keep dying young (then this process fetches)."""
         if not all(w.alive for w in self.workers):  # rare: the usual pick takes no lock
             async with self._respawn:
@@ -233,8 +246,8 @@ class FetchPool:
                                       "fetching in the node process from now on")
                             self.workers = []
                             break
-                        self.workers[i] = await _Worker.spawn(self.config, self._share)
-        return min(self.workers, key=lambda w: len(w.calls)) if self.workers else None
+                        self.workers[i] = await _Worker.spawn(self.config, self._settings)
+        return min(self.workers, key=lambda w: w.items) if self.workers else None
 
     async def aclose(self) -> None:
         await asyncio.gather(*(w.stop() for w in self.workers))

@@ -1,6 +1,6 @@
-"""A fetch worker process: the node's Fetcher on an event loop (and a core) of its own. Requests
-arrive on stdin; outcomes and progress leave on the pipe that was stdout. When the node goes
-away (stdin closes, even after a kill -9) the worker exits at once: whatever it was writing
+"""A fetch worker process: the node's chunks run on an event loop (and a core) of its own.
+Chunks arrive on stdin; their rows and progress leave on the pipe that was stdout. When the node
+goes away (stdin closes, even after a kill -9) the worker exits at once: whatever it was writing
 stays as a partial work file, which the node resumes from."""
 
 from __future__ import annotations
@@ -11,73 +11,70 @@ import os
 import signal
 import stat
 import sys
-from collections.abc import Callable
 from typing import Any
 
-from aisdl.engine.fetch import Fetcher, FetchRequest
+from aisdl.engine.chunks import (
+    CHUNK_DECODER,
+    CHUNK_ENCODER,
+    ChunkProgress,
+    ChunkResult,
+    ChunkRunner,
+    Watch,
+    describe,
+)
+from aisdl.engine.fetch import Fetcher
 from aisdl.engine.ipc import Outbox, receive
-from aisdl.errors import SourceError
+from aisdl.engine.limits import FairSlots
 from aisdl.node import setup_logging
 from aisdl.sources.registry import Sources
+from aisdl.store.layout import Layout
 
 log = logging.getLogger("aisdl.worker")
-PROGRESS_EVERY = 0.25  # seconds between progress reports of long transfers
-
-
-class Progress:
-    """FetchEvents of one transfer: progress reported to the node in batches, signs of an
-    overloaded source at once (`tell`)."""
-
-    def __init__(self, tell: Callable[[], None]) -> None:
-        self.downloaded, self.total, self.changed = 0, 0, False
-        self.strained = tell
-
-    def started(self, offset: int, total: int | None) -> None:
-        self.downloaded, self.total, self.changed = offset, total or 0, True
-
-    def advanced(self, nbytes: int) -> None:
-        self.downloaded += nbytes
-        self.changed = True
+PROGRESS_EVERY = 0.25  # seconds between progress reports of a chunk's transfers
 
 
 class Worker:
-    def __init__(self, fetcher: Fetcher, outbox: Outbox) -> None:
-        self.fetcher, self.outbox = fetcher, outbox
-        self.tasks: dict[int, asyncio.Task[None]] = {}
-        self.progress: dict[int, Progress] = {}
+    """Runs the node's chunks; reports each chunk's transfers in flight every 0.25 s and its
+    rows once, when it ends or is cancelled."""
+
+    def __init__(self, runner: ChunkRunner, outbox: Outbox) -> None:
+        self.runner, self.outbox = runner, outbox
+        self.tasks: dict[int, tuple[asyncio.Task[None], Watch]] = {}
 
     def handle(self, message: tuple[Any, ...]) -> None:
         kind, rid = message[0], message[1]
-        if kind == "fetch":
-            self.tasks[rid] = asyncio.create_task(self._fetch(rid, message[2]))
+        if kind == "chunk":
+            watch = Watch(CHUNK_DECODER.decode(message[2]))
+            self.tasks[rid] = (asyncio.create_task(self._run(rid, watch)), watch)
         elif kind == "cancel" and rid in self.tasks:
-            self.tasks[rid].cancel()
+            task, watch = self.tasks[rid]
+            watch.discard = message[2]
+            task.cancel()
 
-    async def _fetch(self, rid: int, req: FetchRequest) -> None:
-        events = self.progress[rid] = Progress(lambda: self.outbox.put(("strained", rid)))
-        outcome: tuple[Any, ...]
+    async def _run(self, rid: int, watch: Watch) -> None:
+        problem = ""
         try:
-            outcome = ("done", await self.fetcher.fetch(req, events))
+            await self.runner.run(watch)
         except asyncio.CancelledError:
-            outcome = ("cancelled",)
-        except SourceError as err:
-            outcome = ("source_error", err.message, err.transient, err.retry_after)
-        except OSError as err:
-            outcome = ("os_error", err.errno, err.strerror, err.filename)
-        except Exception as err:  # a bug: the node records one failed file, the log says why
-            log.exception("fetching %s", req.link)
-            outcome = ("source_error", f"internal error: {err!r}", False, None)
+            pass
+        except Exception as err:  # a bug: the node makes the chunk's missing rows errors
+            log.exception("chunk %d of job %s", watch.chunk.id, watch.chunk.job)
+            problem = f"internal error: {describe(err)}"
         finally:
-            del self.tasks[rid], self.progress[rid]
-        self.outbox.put(("result", rid, outcome, events.downloaded, events.total))
+            del self.tasks[rid]
+        result = ChunkResult(watch.chunk.id, watch.rows[watch.sent:])
+        self.outbox.put(("done", rid, CHUNK_ENCODER.encode(result), problem))
 
     async def report_progress(self) -> None:
         while True:
             await asyncio.sleep(PROGRESS_EVERY)
-            for rid, p in self.progress.items():
-                if p.changed:
-                    p.changed = False
-                    self.outbox.put(("progress", rid, p.downloaded, p.total))
+            for rid, (_, watch) in self.tasks.items():
+                if watch.changed:
+                    watch.changed = False
+                    rows, watch.sent = watch.rows[watch.sent:], len(watch.rows)
+                    progress = ChunkProgress(watch.chunk.id, list(watch.in_flight.values()),
+                                             rows)
+                    self.outbox.put(("progress", rid, CHUNK_ENCODER.encode(progress)))
 
 
 async def serve(channel: int) -> None:
@@ -87,8 +84,10 @@ async def serve(channel: int) -> None:
     transport, _ = await loop.connect_write_pipe(asyncio.Protocol, os.fdopen(channel, "wb"))
     outbox = Outbox(transport.write)
     first = await receive(reader)
-    config, connections = first[0]  # the node's settings come first, requests may follow
-    worker = Worker(Fetcher(Sources.open(config, connections), config.retry), outbox)
+    config, settings = first[0]  # the node's settings come first, chunks may follow
+    fetcher = Fetcher(Sources.open(config, settings.connections), config.retry)
+    slots = FairSlots(settings.connections, settings.per_host, settings.host_start)
+    worker = Worker(ChunkRunner(fetcher, Layout(settings.mountpaths), slots), outbox)
     outbox.put(("ready", None))
     ticker = asyncio.create_task(worker.report_progress())
     messages = first[1:]

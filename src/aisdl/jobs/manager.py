@@ -72,7 +72,7 @@ class JobManager:
     async def start(self) -> None:
         """Before the node serves: the fetch workers, and no work files but those of unfinished
         jobs (before any new job can make some)."""
-        self._fetcher = FetchPool(self.config, self.config.fetch_procs)
+        self._fetcher = FetchPool(self.config, self.config.fetch_procs, self.store.layout)
         await self._fetcher.start()
         rows = await self.db.run(records.unfinished_jobs)
         await asyncio.get_running_loop().run_in_executor(

@@ -7,16 +7,27 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
+import os
 import sqlite3
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TypeVar
 
 from aisdl.db import Database
-from aisdl.engine.fetch import FetchRequest, discard
+from aisdl.engine.chunks import (
+    Chunk,
+    ChunkItem,
+    InFlight,
+    Row,
+    Watch,
+    describe,
+    journal_file,
+    placed_rows,
+)
 from aisdl.engine.limits import THROTTLED_CONNECTIONS, TokenBucket
 from aisdl.engine.pool import FetchPool
 from aisdl.errors import AisdlError, DatabaseRefused, SourceError
@@ -24,10 +35,6 @@ from aisdl.jobs import records
 from aisdl.jobs.listing import backend_items, source_link
 from aisdl.jobs.records import Counters, Cursor, TaskInfo
 from aisdl.jobs.request import Item, JobSpec
-from aisdl.models import ObjectAttrs
-from aisdl.sources.base import SourceObject
-from aisdl.store.catalog_view import CatalogView
-from aisdl.store.paths import check_object_name
 from aisdl.store.store import Store
 
 log = logging.getLogger("aisdl.jobs")
@@ -36,40 +43,39 @@ FLUSH_EVERY = 0.25   # seconds between batch commits
 FLUSH_AT = 512       # outcomes that force a commit sooner
 BACKLOG = 8 * FLUSH_AT  # outcomes not yet recorded at which the workers wait for the database
 RETRY_MAX = 5.0      # seconds between tries at most, while the database refuses a batch
-LOOKUP_BATCH = 64    # items looked up in the catalog at once before dispatch
+MAX_CHUNK = 256      # items of one chunk at most
+CHUNK_BYTES = 64 << 20  # a chunk of big files holds about this many bytes
 
-# Items for the workers, each with what the catalog has of it; None tells a worker to stop.
-WorkQueue = asyncio.Queue[tuple[Item, ObjectAttrs | None] | None]
-
-
-@dataclass
-class TaskState:
-    """A transfer in flight, as the status shows it."""
-
-    name: str
-    start_ns: int = field(default_factory=time.time_ns)
-    downloaded: int = 0
-    total: int = 0
-
-    def started(self, offset: int, total: int | None) -> None:
-        self.downloaded, self.total = offset, total or 0
-
-    def advanced(self, nbytes: int) -> None:
-        self.downloaded += nbytes
+# Items for the lanes, each with what the catalog has of it; None tells a lane to stop.
+ChunkQueue = asyncio.Queue[list[ChunkItem] | None]
 
 
-@dataclass
-class Outcome:
-    item: Item
-    task: TaskState
-    error: str = ""
-    skipped: bool = False
-    work: str | None = None
-    size: int = 0
-    cksum: str = ""
-    custom: dict[str, str] = field(default_factory=dict)
-    end_ns: int = field(default_factory=time.time_ns)
-    placed: bool = False  # the bytes are in place: a batch tried again only records them
+class ChunkSizer:
+    """How many items the next chunk gets: one for each lane at first (so the first object is
+    in place at once, and a small job keeps all its connections busy), doubling per round of
+    lanes up to MAX_CHUNK; for big files about CHUNK_BYTES worth, but never fewer than the
+    transfers a chunk runs at once."""
+
+    def __init__(self, conns: int, lanes: int = 1) -> None:
+        self.conns, self.lanes = conns, max(1, lanes)
+        self.chunks, self.files, self.bytes = 0, 0, 0
+
+    def next(self) -> int:
+        n = MAX_CHUNK if self.chunks >= 16 * self.lanes else min(
+            MAX_CHUNK, 1 << (self.chunks // self.lanes))
+        self.chunks += 1
+        if self.files:
+            n = min(n, max(self.conns, CHUNK_BYTES * self.files // max(1, self.bytes)))
+        return max(1, n)
+
+    def saw(self, size: int) -> None:
+        self.files += 1
+        self.bytes += size
+
+
+def lane_connections(connections: int, lanes: int) -> list[int]:
+    """A job's connections split between its lanes (chunks in flight), adding up exactly."""
+    return [connections // lanes + (i < connections % lanes) for i in range(lanes)]
 
 
 class JobRun:
@@ -83,11 +89,12 @@ class JobRun:
         self.counters, self.cursor = counters, cursor
         self.started_ns = started_ns
         self.total = spec.total
-        self.current: dict[int, TaskState] = {}
+        self.watches: set[Watch] = set()  # chunks in flight
         self.aborted = False
         self.all_dispatched = False
         self.finished_ns = 0
-        self._batch: list[Outcome] = []
+        self._batch: list[Row] = []
+        self._journals: list[Path] = []  # of chunks in the batch: removed once it is recorded
         self._recording = 0  # outcomes handed to the database thread, not yet in counters
         self._counts_lock = threading.Lock()  # counters and _recording change on two threads
         self._flush_now = asyncio.Event()
@@ -95,18 +102,31 @@ class JobRun:
         self._room = asyncio.Event()     # set when the backlog has been recorded
         self._refused = False  # the database refused the last record: said once in the log
         self._throttle = TokenBucket(spec.bytes_per_hour) if spec.bytes_per_hour else None
+        self._chunk_ids = itertools.count()
+        procs = 1 if self._throttle else max(1, len(fetcher.workers))
+        self._lanes = lane_connections(self.workers, min(self.workers, 2 * procs))
+        self._sizer = ChunkSizer(self._lanes[0], len(self._lanes))
+        bucket = spec.bucket
+        self._write_through = source_link(bucket, "") if bucket.is_remote and \
+            spec.source != bucket else ""
         self._task: asyncio.Task[None] | None = None
 
     def __repr__(self) -> str:
         c = self.counters
         return (f"<JobRun {self.id} {self.spec.kind} done={c.finished}+{c.errors}/{self.total}"
-                f" running={len(self.current)} aborted={self.aborted}>")
+                f" chunks={len(self.watches)} aborted={self.aborted}>")
+
+    @property
+    def current(self) -> dict[int, InFlight]:
+        """The transfers in flight, as their workers last reported them."""
+        return {i: f for w in list(self.watches) for i, f in list(w.in_flight.items())}
 
     @property
     def scheduled(self) -> int:
         with self._counts_lock:
             c, recording = self.counters, self._recording
-        return c.finished + c.errors + len(self.current) + len(self._batch) + recording
+        in_chunks = sum(len(w.chunk.items) - w.taken for w in list(self.watches))
+        return c.finished + c.errors + in_chunks + len(self._batch) + recording
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name=f"job {self.id}")
@@ -114,6 +134,8 @@ class JobRun:
     async def abort(self) -> None:
         """Stop now: in-flight transfers are cancelled and discarded; what is done stays."""
         self.aborted = True
+        for watch in list(self.watches):
+            watch.discard = True
         await self._stop()
         if not self.finished_ns:  # cancelled before it ever ran: its `_run` could not finish it
             await self._finish()
@@ -133,14 +155,15 @@ class JobRun:
 
     # -- the run ----------------------------------------------------------------------------
     async def _run(self) -> None:
-        queue: WorkQueue = asyncio.Queue(maxsize=self.workers * 2)
+        queue: ChunkQueue = asyncio.Queue(maxsize=len(self._lanes))
         flusher = asyncio.create_task(self._flush_loop())
         try:
+            await self._reconcile()
             async with asyncio.TaskGroup() as tg:
-                for _ in range(self.workers):
-                    tg.create_task(self._worker(queue))
+                for conns in self._lanes:
+                    tg.create_task(self._lane(queue, conns))
                 await self._produce(queue)
-                for _ in range(self.workers):
+                for _ in self._lanes:
                     await queue.put(None)
             await self._finish()
         except asyncio.CancelledError:
@@ -151,19 +174,46 @@ class JobRun:
             raise
         except Exception as exc:
             log.exception("job %s stopped by an internal error", self.id)
-            await self._finish(stopped_by=_describe(exc))
+            await self._finish(stopped_by=describe(exc))
         finally:
             flusher.cancel()
 
-    async def _produce(self, queue: WorkQueue) -> None:
+    async def _reconcile(self) -> None:
+        """A node stopped (killed) between placing objects and recording them: what its chunk
+        journals show in place is recorded now, never fetched again."""
+        layout, bck = self.store.layout, self.spec.bucket
+
+        def read() -> tuple[list[Path], list[Row]]:
+            folder = layout.journal_dir(self.id)
+            paths = sorted(folder.glob("*.jnl")) if folder.is_dir() else []
+            rows = [r for p in paths for r in placed_rows(layout, bck, self.id, p)
+                    if not self.cursor.done(r.index)]
+            return paths, rows
+
+        paths, rows = await asyncio.get_running_loop().run_in_executor(None, read)
+        if not paths:
+            return
+        if rows:
+            log.info("job %s: %d object(s) were in place but not recorded; recording them",
+                     self.id, len(rows))
+        self._batch.extend(rows)
+        self._journals.extend(paths)
+        await self._patiently(self._flush)
+
+    async def _produce(self, queue: ChunkQueue) -> None:
         batch: list[Item] = []
+        want = self._sizer.next()
         try:
             async for item in self._items():
-                if not self.cursor.done(item.index):
-                    batch.append(item)
-                if len(batch) >= LOOKUP_BATCH:
+                if self.cursor.done(item.index):
+                    continue
+                if item.evict:  # sync: the source no longer has it
+                    self._batch.append(await self._evict(item))
+                    continue
+                batch.append(item)
+                if len(batch) >= want:
                     await self._dispatch(batch, queue)
-                    batch = []
+                    batch, want = [], self._sizer.next()
         except SourceError as err:  # the listing failed: one error for the job, not silence
             await self._dispatch(batch, queue)
             self._batch.append(self._job_error(f"listing failed: {err.message}"))
@@ -171,13 +221,28 @@ class JobRun:
         await self._dispatch(batch, queue)
         self.all_dispatched = True
 
-    async def _dispatch(self, batch: list[Item],
-                        queue: WorkQueue) -> None:
-        """Hand items to the workers with what we already store of each (one query a batch)."""
+    async def _dispatch(self, batch: list[Item], queue: ChunkQueue) -> None:
+        """Hand items to the lanes with what we already store of each (one query a chunk)."""
+        if not batch:
+            return
         stored = await self.store.lookup_many(
             self.spec.bucket, [i.name for i in batch if not i.error])
-        for item in batch:
-            await queue.put((item, stored.get(item.name)))
+        items = []
+        for i in batch:
+            have = stored.get(i.name)
+            items.append(ChunkItem(i.index, i.name, i.link,
+                                   have.custom if have is not None and have.custom else None,
+                                   i.listed, i.error))
+        await queue.put(items)
+
+    async def _evict(self, item: Item) -> Row:
+        row = Row(item.index, item.name, time.time_ns())
+        try:
+            await self.store.delete_object(self.spec.bucket, item.name)
+        except AisdlError as err:
+            row.error = err.message
+        row.end_ns = time.time_ns()
+        return row
 
     async def _items(self) -> AsyncIterator[Item]:
         if self.spec.kind == "backend":
@@ -188,78 +253,56 @@ class JobRun:
             for item in self.spec.items(start=self.cursor.low):
                 yield item
 
-    async def _worker(self, queue: WorkQueue) -> None:
-        while (entry := await queue.get()) is not None:
-            item, stored = entry
-            task = TaskState(item.name)
-            self.current[item.index] = task
+    async def _lane(self, queue: ChunkQueue, conns: int) -> None:
+        """Runs chunks one after another with `conns` transfers at once (its share of the
+        job's connections)."""
+        spec = self.spec
+        while (items := await queue.get()) is not None:
+            chunk = Chunk(self.id, next(self._chunk_ids), spec.bucket.provider, spec.bucket.name,
+                          items, conns, spec.headers, spec.timeout, self._write_through)
+            watch = Watch(chunk)
+            watch.discard = self.aborted
+            self.watches.add(watch)
             try:
-                outcome = await self._download(item, stored, task)
+                await self.fetcher.run_chunk(watch, self._throttle)
             except asyncio.CancelledError:
-                self.current.pop(item.index, None)
-                if self.aborted:
-                    discard(self._work_path(item))
+                self._take(watch, complete=False)
                 raise
-            self.current.pop(item.index, None)
-            self._batch.append(outcome)
-            if len(self._batch) >= FLUSH_AT:
-                self._flush_now.set()
+            except Exception as exc:  # a bug: the chunk's files without an outcome are errors
+                log.exception("job %s: chunk %d failed on an internal error", self.id, chunk.id)
+                self._take(watch, problem=f"internal error: {describe(exc)}")
+            else:
+                self._take(watch)
             if len(self._batch) >= BACKLOG:  # the database is behind or refusing: hold on
                 self._room.clear()
                 await self._room.wait()
 
-    def _job_error(self, message: str) -> Outcome:
+    def _take(self, watch: Watch, *, complete: bool = True, problem: str = "") -> None:
+        """A chunk's rows join the next batch. Run to its end, every item has one: one that
+        has none (a worker's bug) is that file's error, never a silent gap."""
+        self.watches.discard(watch)
+        if complete and len(watch.rows) < len(watch.chunk.items):
+            seen = {r.index for r in watch.rows}
+            now = time.time_ns()
+            watch.rows.extend(Row(i.index, i.name, now, now, error=problem or "internal error: the"
+                            " fetch worker gave no outcome; see the node's log")
+                        for i in watch.chunk.items if i.index not in seen)
+        self._add(watch.new_rows())
+        self._journals.append(journal_file(self.store.layout, self.id, watch.chunk.id))
+
+    def _add(self, rows: list[Row]) -> None:
+        for r in rows:
+            if r.placed:
+                self._sizer.saw(r.size)
+        self._batch.extend(rows)
+        if len(self._batch) >= FLUSH_AT:
+            self._flush_now.set()
+
+    def _job_error(self, message: str) -> Row:
         """An error of the job itself, not of one of its files: named after its source."""
         source = self.spec.source.cname if self.spec.source else self.spec.bucket.cname
-        return Outcome(Item(-1, source, ""), TaskState(source), error=message)
-
-    def _work_path(self, item: Item) -> str:
-        return self.store.work_file(self.spec.bucket, item.name, self.id, f".{item.index}")
-
-    async def _download(self, item: Item, stored: ObjectAttrs | None,
-                        task: TaskState) -> Outcome:
-        bucket = self.spec.bucket
-        if item.error:
-            return Outcome(item, task, error=item.error)
-        try:
-            check_object_name(item.name)
-            if item.evict:
-                await self.store.delete_object(bucket, item.name)
-                return Outcome(item, task)
-            known = SourceObject.from_custom(stored.custom) if stored and stored.custom.get(
-                "source") else None
-            if known is not None and item.listed is not None and known.same_as(item.listed):
-                return Outcome(item, task, skipped=True)  # the listing proves it unchanged
-            req = FetchRequest(link=item.link, work=self._work_path(item), stored=known,
-                               headers=self.spec.headers, timeout=self.spec.timeout,
-                               throttle=self._throttle)
-            got = await self.fetcher.fetch(req, task, job=self.id)
-            if not got.unchanged and bucket.is_remote and self.spec.source != bucket:
-                await self._write_through(item, req.work)
-        except SourceError as err:
-            return Outcome(item, task, error=err.message)
-        except AisdlError as err:
-            return Outcome(item, task, error=err.message)
-        except OSError as err:
-            discard(self._work_path(item))
-            return Outcome(item, task, error=f"cannot write the object: {err.strerror or err}")
-        except Exception as exc:  # a bug met by one file must not stop the other files
-            log.exception("job %s: %s failed on an internal error", self.id, item.name)
-            with contextlib.suppress(OSError):
-                discard(self._work_path(item))
-            return Outcome(item, task, error=f"internal error: {_describe(exc)}")
-        if got.unchanged:
-            return Outcome(item, task, skipped=True)
-        return Outcome(item, task, work=req.work, size=got.size, cksum=got.cksum,
-                       custom=got.custom)
-
-    async def _write_through(self, item: Item, work: str) -> None:
-        """A cloud bucket as the destination: the object goes to the cloud too."""
-        try:
-            await self.fetcher.sources.cloud.put(source_link(self.spec.bucket, item.name), work)
-        except SourceError:
-            discard(work)
-            raise
+        now = time.time_ns()
+        return Row(-1, source, now, now, error=message)
 
     # -- recording outcomes -----------------------------------------------------------------
     async def _flush_loop(self) -> None:
@@ -278,14 +321,20 @@ class JobRun:
         """Record the outcomes so far. False when the database refused them: they stay queued,
         in order, for the next try."""
         async with self._flushing:
+            for watch in list(self.watches):  # rows of chunks still running
+                self._add(watch.new_rows())
             batch, self._batch = self._batch, []
+            journals, self._journals = self._journals, []
             if batch and (left := await self._store(batch)):
                 self._batch[:0] = left
+                self._journals[:0] = journals
                 return False
         self._room.set()
+        if journals:  # their rows are recorded: a crash from now on has nothing to reconcile
+            await asyncio.get_running_loop().run_in_executor(None, _unlink_all, journals)
         return True
 
-    async def _store(self, batch: list[Outcome], *, last_try: bool = False) -> list[Outcome]:
+    async def _store(self, batch: list[Row], *, last_try: bool = False) -> list[Row]:
         """Record `batch` in one transaction; returns what the database refused (to try again).
         A batch that fails otherwise (a constraint, a bug) is recorded outcome by outcome, and
         an outcome that cannot be recorded becomes that file's error: no count is ever lost."""
@@ -302,14 +351,17 @@ class JobRun:
                 raise
             if len(batch) > 1:
                 log.error("job %s: cannot record %d outcomes together (%s); one by one now",
-                          self.id, len(batch), _describe(exc))
+                          self.id, len(batch), describe(exc))
                 for i, o in enumerate(batch):
                     if await self._store([o]):
                         return batch[i:]
                 return []
             [o] = batch
-            log.exception("job %s: cannot record %s", self.id, o.item.name)
-            o.work, o.error = None, f"cannot record the object: {_describe(exc)}"
+            log.exception("job %s: cannot record %s", self.id, o.name)
+            if o.placed:  # it cannot stay in place without a row
+                with contextlib.suppress(OSError, AisdlError):
+                    os.unlink(self.store.object_file(self.spec.bucket, o.name))
+            o.placed, o.error = False, f"cannot record the object: {describe(exc)}"
             return await self._store(batch, last_try=True)
         if not stored:
             with self._counts_lock:
@@ -347,36 +399,27 @@ class JobRun:
             await asyncio.sleep(delay)
             delay = min(2 * delay, RETRY_MAX)
 
-    def _record(self, conn: sqlite3.Connection, batch: list[Outcome]) -> tuple[Counters, Cursor]:
-        """Runs on the database thread, in one transaction: the job's counts and cursor with
-        the batch, to take effect once that transaction has committed."""
+    def _record(self, conn: sqlite3.Connection, batch: list[Row]) -> tuple[Counters, Cursor]:
+        """Runs on the database thread, in one transaction: the objects' rows, and the job's
+        counts and cursor with the batch, to take effect once that transaction has committed."""
         counters = Counters(**vars(self.counters))
         cursor = Cursor(self.cursor.low, set(self.cursor.above))
+        placed = [o for o in batch if o.placed]
+        refused = self.store.record_placed(conn, self.spec.bucket, [
+            (o.name, o.size, o.cksum, o.custom, o.start_ns) for o in placed])
+        for i, message in refused.items():  # final, also if the batch is tried again
+            placed[i].placed, placed[i].error = False, message
         errors, tasks = [], []
-        bck = self.spec.bucket
-        view = CatalogView(conn, bck, [o.item.name for o in batch if o.work])
         for o in batch:
-            if o.work is not None:
-                try:
-                    if not o.placed:
-                        self.store.place(bck, o.item.name, o.work, view)
-                        o.placed = True
-                    self.store.record_in_txn(conn, bck, o.item.name, o.size, o.cksum, o.custom,
-                                             o.task.start_ns, view)
-                except AisdlError as err:
-                    with contextlib.suppress(OSError):  # else it goes with the job's work dir
-                        discard(o.work)
-                    o.work, o.error = None, err.message  # final, also if the batch is tried again
             if o.error:
                 counters.errors += 1
-                errors.append((o.item.name, o.error))
+                errors.append((o.name, o.error))
             else:
                 counters.finished += 1
                 counters.skipped += o.skipped
-            if o.item.index >= 0:  # -1: an error of the job itself (its listing)
-                cursor.mark(o.item.index)
-            tasks.append(TaskInfo(o.item.name, o.task.downloaded, o.task.total,
-                                  o.task.start_ns, o.end_ns))
+            if o.index >= 0:  # -1: an error of the job itself (its listing)
+                cursor.mark(o.index)
+            tasks.append(TaskInfo(o.name, o.downloaded, o.total, o.start_ns, o.end_ns))
         records.save_progress(conn, self.id, counters, cursor, errors, tasks)
         return counters, cursor
 
@@ -415,8 +458,7 @@ def count_gap(total: int, counters: Counters, *, aborted: bool, all_dispatched: 
     return f"{counters.finished} finished + {counters.errors} errors of {total} files: {what}"
 
 
-def _describe(exc: BaseException) -> str:
-    """One line for an unexpected exception (the first of a group): its type and message."""
-    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
-        exc = exc.exceptions[0]
-    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+def _unlink_all(paths: list[Path]) -> None:
+    for path in paths:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()

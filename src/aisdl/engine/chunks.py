@@ -1,0 +1,323 @@
+"""Chunks: the unit of work a node hands to whoever fetches (a fetch worker process, or the
+node itself), and what comes back.
+
+A chunk is a slice of a job's item stream: names and links, with what the catalog knows of each
+(for the skip check). Whoever runs it does every per-file step: fetch, verify, write through to
+a cloud destination, and place the object under its final name (an atomic rename on its
+mountpath). It answers once per chunk with one compact row per item; the node records a chunk's
+rows in one transaction. So the node's work per file is a few dictionary and SQL rows, not a
+coroutine, a request and an outcome each.
+
+Placed but not yet recorded: each object is written to the chunk's journal (one line, before its
+rename), so a node killed after a rename and before the record finds it at start-up, and a
+chunk whose worker died is recorded from its journal instead of being fetched again.
+
+The messages are msgspec structs with a protocol version: the same bytes go to a local worker
+process or to a task on another machine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import msgspec
+
+from aisdl.engine.fetch import Fetcher, FetchRequest, discard
+from aisdl.engine.hostlimit import host_of
+from aisdl.engine.limits import FairSlots, Ticket, TokenBucket
+from aisdl.errors import AisdlError, SourceError
+from aisdl.models import Bucket
+from aisdl.sources.base import SourceObject
+from aisdl.store.layout import Layout
+from aisdl.store.paths import check_object_name
+
+log = logging.getLogger("aisdl.engine")
+PROTOCOL = 1
+
+
+class ChunkItem(msgspec.Struct, array_like=True, frozen=True):
+    index: int
+    name: str
+    link: str
+    stored: dict[str, str] | None = None  # custom metadata of the copy we store, if any
+    listed: SourceObject | None = None    # validators from a bucket listing (backend jobs)
+    error: str = ""                       # already known to fail (its name is refused)
+
+
+class Chunk(msgspec.Struct, frozen=True):
+    job: str
+    id: int
+    provider: str
+    bucket: str
+    items: list[ChunkItem]
+    conns: int                            # transfers of this chunk at once
+    headers: dict[str, list[str]] = {}
+    timeout: float | None = None
+    write_through: str = ""               # a cloud bucket's link prefix: objects go there too
+    protocol: int = PROTOCOL
+
+    @property
+    def bck(self) -> Bucket:
+        return Bucket(self.provider, self.bucket)
+
+
+class Row(msgspec.Struct, array_like=True):
+    """One item's outcome. `placed`: its bytes are under its final name, to be recorded."""
+
+    index: int
+    name: str
+    start_ns: int
+    end_ns: int = 0
+    size: int = 0
+    cksum: str = ""
+    custom: dict[str, str] = {}
+    downloaded: int = 0
+    total: int = 0
+    error: str = ""
+    skipped: bool = False
+    placed: bool = False
+
+
+class InFlight(msgspec.Struct, array_like=True):
+    """A transfer in flight, as the status shows it; also its progress events."""
+
+    index: int
+    name: str
+    start_ns: int
+    downloaded: int = 0
+    total: int = 0
+
+    def started(self, offset: int, total: int | None) -> None:
+        self.downloaded, self.total = offset, total or 0
+
+    def advanced(self, nbytes: int) -> None:
+        self.downloaded += nbytes
+
+
+class ChunkResult(msgspec.Struct):
+    id: int
+    rows: list[Row]
+
+
+class ChunkProgress(msgspec.Struct):
+    """Every 0.25 s while a chunk runs: its transfers in flight and the rows since the last
+    report (so errors and objects show while a chunk's slowest file still runs)."""
+
+    id: int
+    in_flight: list[InFlight]
+    rows: list[Row]
+
+
+CHUNK_ENCODER = msgspec.msgpack.Encoder()
+CHUNK_DECODER = msgspec.msgpack.Decoder(Chunk)
+RESULT_DECODER = msgspec.msgpack.Decoder(ChunkResult)
+PROGRESS_DECODER = msgspec.msgpack.Decoder(ChunkProgress)
+_LINE_DECODER = msgspec.json.Decoder(Row)
+_LINE_ENCODER = msgspec.json.Encoder()
+
+
+class Watch:
+    """One chunk as its sender follows it: the rows so far, the transfers in flight, and
+    whether a cancel discards partial work files (an abort) or keeps them (a shutdown)."""
+
+    def __init__(self, chunk: Chunk) -> None:
+        self.chunk = chunk
+        self.rows: list[Row] = []
+        self.in_flight: dict[int, InFlight] = {}
+        self.discard = False
+        self.changed = False  # progress not yet reported (worker side)
+        self.sent = 0         # rows reported so far (worker side)
+        self.taken = 0        # rows handed to the job's records so far (node side)
+
+    def new_rows(self) -> list[Row]:
+        """The rows not yet handed to the job's records (node side)."""
+        rows, self.taken = self.rows[self.taken:], len(self.rows)
+        return rows
+
+
+# -- the journal ---------------------------------------------------------------------------
+def journal_file(layout: Layout, job: str, chunk_id: int) -> Path:
+    return layout.journal_dir(job) / f"{chunk_id}.jnl"
+
+
+class Journal:
+    """The chunk's objects about to be placed, one line each, written before the rename (a
+    failed rename adds its error line), so what was placed is known after any crash."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fd = -1
+
+    def write(self, row: Row) -> None:
+        if self._fd < 0:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        os.write(self._fd, _LINE_ENCODER.encode(row) + b"\n")
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+
+def placed_rows(layout: Layout, bck: Bucket, job: str, path: Path) -> list[Row]:
+    """The rows of a journal whose objects are in place: their rename happened (the work file
+    is gone, the object is there with the journal's size) and no error line followed."""
+    last: dict[int, Row] = {}
+    with contextlib.suppress(FileNotFoundError):
+        for line in path.read_bytes().splitlines():
+            try:
+                row = _LINE_DECODER.decode(line)
+            except msgspec.DecodeError:  # a line cut by the crash: its rename never happened
+                continue
+            last[row.index] = row
+    rows = []
+    for row in last.values():
+        if row.error or not row.placed:
+            continue
+        work = layout.work_file(bck, row.name, job, f".{row.index}")
+        try:
+            final = layout.object_file(bck, row.name)
+            if os.path.exists(work) or os.stat(final).st_size != row.size:
+                continue
+        except (OSError, AisdlError):
+            continue
+        rows.append(row)
+    return rows
+
+
+# -- running a chunk -------------------------------------------------------------------------
+class _Events:
+    """A fetch's events: progress into its InFlight, overload to the slots of this process."""
+
+    __slots__ = ("flight", "slots", "ticket", "watch")
+
+    def __init__(self, flight: InFlight, watch: Watch, slots: FairSlots, ticket: Ticket) -> None:
+        self.flight, self.watch, self.slots, self.ticket = flight, watch, slots, ticket
+
+    def started(self, offset: int, total: int | None) -> None:
+        self.flight.started(offset, total)
+        self.watch.changed = True
+
+    def advanced(self, nbytes: int) -> None:
+        self.flight.downloaded += nbytes
+        self.watch.changed = True
+
+    def strained(self) -> None:
+        self.slots.strained(self.ticket)
+
+
+class ChunkRunner:
+    """Runs chunks in one process, on its fetcher and its share of the node's slots."""
+
+    def __init__(self, fetcher: Fetcher, layout: Layout, slots: FairSlots) -> None:
+        self.fetcher, self.layout, self.slots = fetcher, layout, slots
+
+    async def run(self, watch: Watch, throttle: TokenBucket | None = None) -> None:
+        """Run `watch.chunk`, appending a row per item to `watch.rows` as each ends. Cancelled,
+        it stops its transfers (discarding their work files when `watch.discard`) and lets the
+        exception through: the rows so far stay in `watch.rows`."""
+        chunk = watch.chunk
+        journal = Journal(journal_file(self.layout, chunk.job, chunk.id))
+        items = iter(chunk.items)
+        try:
+            async with asyncio.TaskGroup() as tg:
+                for _ in range(max(1, min(chunk.conns, len(chunk.items)))):
+                    tg.create_task(self._lane(watch, items, journal, throttle))
+        except BaseExceptionGroup as group:  # a lane's own bug is re-raised as it was
+            cancelled = group.subgroup(asyncio.CancelledError)
+            if cancelled is not None and cancelled is group:
+                raise asyncio.CancelledError from None
+            raise
+        finally:
+            journal.close()
+
+    async def _lane(self, watch: Watch, items: Iterator[ChunkItem], journal: Journal,
+                    throttle: TokenBucket | None) -> None:
+        for item in items:
+            flight = InFlight(item.index, item.name, time.time_ns())
+            watch.in_flight[item.index] = flight
+            try:
+                row = await self._item(watch, item, flight, journal, throttle)
+            except asyncio.CancelledError:
+                if watch.discard:
+                    discard(self._work(watch.chunk, item))
+                raise
+            finally:
+                del watch.in_flight[item.index]
+            row.downloaded, row.total, row.end_ns = flight.downloaded, flight.total, \
+                time.time_ns()
+            watch.rows.append(row)
+            watch.changed = True
+
+    def _work(self, chunk: Chunk, item: ChunkItem) -> str:
+        return self.layout.work_file(chunk.bck, item.name, chunk.job, f".{item.index}")
+
+    async def _item(self, watch: Watch, item: ChunkItem, flight: InFlight, journal: Journal,
+                    throttle: TokenBucket | None) -> Row:
+        chunk = watch.chunk
+        row = Row(item.index, item.name, flight.start_ns)
+        if item.error:
+            row.error = item.error
+            return row
+        work = ""
+        try:
+            check_object_name(item.name)
+            known = SourceObject.from_custom(item.stored) if item.stored and item.stored.get(
+                "source") else None
+            if known is not None and item.listed is not None and known.same_as(item.listed):
+                row.skipped = True  # the listing proves it unchanged
+                return row
+            work = self._work(chunk, item)
+            req = FetchRequest(link=item.link, work=work, stored=known, headers=chunk.headers,
+                               timeout=chunk.timeout, throttle=throttle)
+            async with self.slots.take(chunk.job, host_of(item.link)) as ticket:
+                try:
+                    got = await self.fetcher.fetch(req, _Events(flight, watch, self.slots,
+                                                                ticket))
+                except SourceError:  # the host answered (a 404 too): it kept up, or said not
+                    ticket.answered()
+                    raise
+                ticket.answered()
+            if got.unchanged:
+                row.skipped = True
+                return row
+            if chunk.write_through:
+                await self.fetcher.sources.cloud.put(chunk.write_through + item.name, work)
+            row.size, row.cksum, row.custom, row.placed = got.size, got.cksum, got.custom, True
+            journal.write(row)
+            try:
+                self.layout.place(chunk.bck, item.name, work)
+            except AisdlError as err:
+                row.placed, row.error = False, err.message
+                journal.write(row)
+                discard(work)
+            return row
+        except (SourceError, AisdlError) as err:
+            row.error = err.message
+        except OSError as err:
+            row.error = f"cannot write the object: {err.strerror or err}"
+        except Exception as exc:  # a bug met by one file must not stop the other files
+            log.exception("job %s: %s failed on an internal error", chunk.job, item.name)
+            row.error = f"internal error: {describe(exc)}"
+        if work:
+            with contextlib.suppress(OSError):
+                discard(work)
+        row.placed = False
+        return row
+
+
+def describe(exc: BaseException) -> str:
+    """One line for an unexpected exception (the first of a group): its type and message."""
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
+Progress = Callable[[ChunkProgress], None]
