@@ -3,7 +3,7 @@
 in its own network namespace behind a link this benchmark shapes itself.
 
     uv run python bench/scale.py [--workers 1,2,4] [--files 2000] [--size 1MiB]
-                                 [--rate 1gbit] [--latency 20ms] [--runs 1] [--modes dask,nodes]
+                                 [--rate 400mbit] [--latency 20ms] [--runs 1] [--modes dask,nodes]
 
 Run as root (it creates network namespaces, veth pairs, a bridge and tc qdiscs). Nothing leaves
 the machine: the origin, the scheduler and the node sit on a bridge `aisbr0` (10.77.0.1/16) in
@@ -98,9 +98,15 @@ def sh(*argv: str, check: bool = True) -> str:
     return p.stdout
 
 
+def start_ticks(pid: int) -> str:
+    """When the process started (clock ticks after boot): with the pid, it names one process,
+    through its exec()s (`ip netns exec` becomes the command it runs) and unlike a reused pid."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+
+
 def record_pid(proc: subprocess.Popen[bytes]) -> None:
     with open(PIDFILE, "a") as f:
-        f.write(f"{proc.pid} {Path(f'/proc/{proc.pid}/cmdline').read_bytes().hex()}\n")
+        f.write(f"{proc.pid} {start_ticks(proc.pid)}\n")
 
 
 def spawn(argv: list[str], log_path: Path, ns: str | None = None,
@@ -121,17 +127,19 @@ def spawn(argv: list[str], log_path: Path, ns: str | None = None,
 
 
 def kill_recorded() -> None:
-    """End the children a previous, crashed run recorded (only if the pid still runs the
-    command recorded for it: a reused pid is left alone)."""
+    """End the children (and their children) that a previous, crashed run recorded; a pid
+    that now names another process (another start time) is left alone."""
     if not PIDFILE.exists():
         return
     for line in PIDFILE.read_text().splitlines():
         try:
-            pid_s, cmd_hex = line.split()
+            pid_s, ticks = line.split()
             pid = int(pid_s)
-            if Path(f"/proc/{pid}/cmdline").read_bytes().hex() == cmd_hex:
+            if start_ticks(pid) == ticks:
                 log(f"cleanup: ending pid {pid} of an earlier run")
-                os.kill(pid, signal.SIGKILL)
+                for p in tree_pids(pid):
+                    with contextlib.suppress(OSError):
+                        os.kill(p, signal.SIGKILL)
         except (ValueError, OSError):
             continue
     PIDFILE.unlink(missing_ok=True)
@@ -688,7 +696,7 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--workers", default="1,2,4", help="worker counts, comma-separated")
     ap.add_argument("--files", type=int, default=2000)
     ap.add_argument("--size", default="1MiB", help="bytes of every file (e.g. 1MiB, 256KiB)")
-    ap.add_argument("--rate", default="1gbit",
+    ap.add_argument("--rate", default="400mbit",
                     help="tbf rate of each worker's link, each way (tc syntax: 200mbit, 1gbit)")
     ap.add_argument("--latency", default="20ms", help="the origin's sleep before each answer")
     ap.add_argument("--runs", type=int, default=1, help="runs per mode and worker count")
