@@ -588,7 +588,7 @@ def machine_facts() -> dict[str, Any]:
     }
 
 
-def summarize(runs: list[RunResult]) -> dict[str, dict[str, Any]]:
+def summarize(runs: list[RunResult], files: int, size: int) -> dict[str, dict[str, Any]]:
     """Per mode and worker count: medians over the good runs, speed-up against 1 worker."""
     out: dict[str, dict[str, Any]] = {}
     for mode in dict.fromkeys(r.mode for r in runs):
@@ -602,6 +602,8 @@ def summarize(runs: list[RunResult]) -> dict[str, dict[str, Any]]:
                 row["job_wall_s"] = statistics.median(r.job_wall_s for r in good)
                 row["mb_per_s"] = statistics.median(r.mb_per_s for r in good)
                 row["files_per_s"] = statistics.median(r.files_per_s for r in good)
+                row["via_links"] = statistics.median(
+                    sum(r.link_bytes.values()) / (files * size) for r in good)
                 row["machine_cores"] = {key: statistics.median(r.machine_cores[key] for r in good)
                                         for key in good[0].machine_cores}
                 row["cpu_cores"] = {key: statistics.median(r.cpu_cores[key] for r in good)
@@ -649,16 +651,18 @@ def write_report(out: Path, results: dict[str, Any]) -> None:
                           "each (no Dask)"}[mode]
         lines += [f"## {title}", "",
                   "| workers | runs | wall s | MB/s | files/s | speed-up vs 1 | link use | "
+                  "via links | "
                   "node | scheduler | workers | origin | machine busy | softirq | steal | "
                   "others | chunks | chunk s | gap s | gap share |",
-                  "|" + "---:|" * 19]
+                  "|" + "---:|" * 20]
         for k, r in rows.items():
             c, mc, d = r.get("cpu_cores", {}), r.get("machine_cores", {}), r.get("dask", {})
             use = r["mb_per_s"] / (int(k) * link_mb) * 100 if r.get("mb_per_s") else None
             runs = f"{r['runs']}" + (f" ({r['failed']} failed)" if r["failed"] else "")
             cells = [k, runs, fmt(r.get("job_wall_s")), fmt(r.get("mb_per_s"), 1),
                      fmt(r.get("files_per_s"), 0), fmt(r.get("speedup")),
-                     f"{fmt(use, 0)}%", fmt(c.get("node")), fmt(c.get("scheduler")),
+                     f"{fmt(use, 0)}%", f"{fmt(r.get('via_links', 0) * 100, 0)}%",
+                     fmt(c.get("node")), fmt(c.get("scheduler")),
                      fmt(c.get("workers")), fmt(c.get("origin")), fmt(mc.get("busy")),
                      fmt(mc.get("softirq")), fmt(mc.get("steal")), fmt(mc.get("others")),
                      fmt(d.get("tasks"), 0), fmt(d.get("median_compute_s"), 3),
@@ -797,7 +801,7 @@ def main() -> int:
     results["machine"]["loadavg_end"] = os.getloadavg()
     results["elapsed_min"] = (time.monotonic() - started) / 60
     results["runs"] = [r.__dict__ for r in runs]
-    results["summary"] = summarize(runs)
+    results["summary"] = summarize(runs, args.files, args.size_bytes)
     (out / "results.json").write_text(json.dumps(results, indent=1))
     write_report(out, results)
     for mode, rows in results["summary"].items():
