@@ -621,6 +621,27 @@ def summarize(runs: list[RunResult], files: int, size: int) -> dict[str, dict[st
     return out
 
 
+def verdict(summary: dict[str, dict[str, Any]], kmax: int) -> list[str]:
+    """The issue's target (>= 3.5x at 4 workers) against the largest count measured, and each
+    dask rate against the nodes rate at the same count (Dask's cost, when both ran)."""
+    if kmax < 2:
+        return []
+    out = ["## Against the target", ""]
+    for mode, rows in summary.items():
+        sp = rows.get(str(kmax), {}).get("speedup")
+        if sp is not None:
+            goal = 3.5 * kmax / 4
+            out.append(f"- {mode}: {sp:.2f}× at {kmax} workers (target ≥ {goal:.2f}×: "
+                       f"{'met' if sp >= goal else 'NOT met'})")
+    if "dask" in summary and "nodes" in summary:
+        for k, row in summary["dask"].items():
+            ref = summary["nodes"].get(k, {}).get("mb_per_s")
+            if ref and row.get("mb_per_s"):
+                out.append(f"- {k} workers: dask {row['mb_per_s']:.1f} MB/s = "
+                           f"{row['mb_per_s'] / ref:.0%} of k nodes without Dask ({ref:.1f})")
+    return out + [""]
+
+
 def fmt(x: float | None, nd: int = 2) -> str:
     return "-" if x is None else f"{x:.{nd}f}"
 
@@ -671,6 +692,8 @@ def write_report(out: Path, results: dict[str, Any]) -> None:
             lines.append("| " + " | ".join(str(x) for x in cells) + " |")
         lines += ["", "CPU columns (node … others) are in cores: CPU seconds over the job's "
                   "wall time.", ""]
+    lines += verdict(results["summary"], max(int(k) for rows in results["summary"].values()
+                                             for k in rows) if results["summary"] else 0)
     failed = [r for r in results["runs"] if not r["ok"]]
     if failed:
         lines += ["## Failed runs", ""]
@@ -708,7 +731,11 @@ def parse_args() -> argparse.Namespace:
                     help="dask and/or nodes, comma-separated (default: both when the node has "
                          "--scheduler, else nodes)")
     ap.add_argument("--out", default=str(REPO / "bench" / "results" / "scale"))
+    ap.add_argument("--report-only", action="store_true",
+                    help="re-render results.md from the results.json in --out")
     args = ap.parse_args()
+    if args.report_only:
+        return args
     try:
         args.size_bytes = parse_size(args.size)
         args.latency_s = parse_duration(args.latency)
@@ -743,6 +770,11 @@ def terminate_as_interrupt() -> Iterator[None]:
 
 def main() -> int:
     args = parse_args()
+    if args.report_only:
+        out = Path(args.out)
+        write_report(out, json.loads((out / "results.json").read_text()))
+        log(f"report: {out / 'results.md'}")
+        return 0
     preflight(args)
     if "dask" in args.modes and not node_has_scheduler_flag():
         sys.exit("Error: this aisdl's `ais serve` has no --scheduler; use --modes nodes")
