@@ -89,10 +89,16 @@ def small_tmpfs(path: Path, options: str) -> Iterator[Path]:
 
 
 def fetched_twice(origin: Any, prefix: str) -> list[str]:
-    """Paths under `prefix` that the origin sent whole more than once (a GET without `Range`):
-    an object downloaded again instead of resumed or recorded."""
+    """Paths under `prefix` that the origin sent whole more than once (a GET without `Range`)."""
     whole: dict[str, int] = {}
     for r in origin.requests(method="GET"):
         if r.path.startswith(prefix) and "range" not in r.headers:
             whole[r.path] = whole.get(r.path, 0) + 1
     return sorted(p for p, n in whole.items() if n > 1)
+
+
+def objects_on_disk(home: Path, bucket: str) -> set[str]:
+    """Names of the objects whose bytes are in place on the node's mountpaths (recorded in its
+    catalog or not)."""
+    return {str(p.relative_to(d)) for d in home.rglob(f"ais/{bucket}") if ".work" not in d.parts
+            for p in d.rglob("*") if p.is_file()}

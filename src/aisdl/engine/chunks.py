@@ -128,6 +128,7 @@ class Watch:
 
     def __init__(self, chunk: Chunk) -> None:
         self.chunk = chunk
+        self.items = chunk.items  # all of them (`chunk` may lose those done before a re-run)
         self.rows: list[Row] = []
         self.in_flight: dict[int, InFlight] = {}
         self.discard = False
@@ -224,8 +225,16 @@ class ChunkRunner:
         it stops its transfers (discarding their work files when `watch.discard`) and lets the
         exception through: the rows so far stay in `watch.rows`."""
         chunk = watch.chunk
-        journal = Journal(journal_file(self.layout, chunk.job, chunk.id))
+        path = journal_file(self.layout, chunk.job, chunk.id)
+        journal = Journal(path)
         items = iter(chunk.items)
+        if path.exists():  # run before, by a process that died: what it placed is done
+            wanted = {i.index for i in chunk.items}
+            placed = [r for r in placed_rows(self.layout, chunk.bck, chunk.job, path)
+                      if r.index in wanted]
+            watch.rows.extend(placed)
+            done = {r.index for r in placed}
+            items = iter([i for i in chunk.items if i.index not in done])
         try:
             async with asyncio.TaskGroup() as tg:
                 for _ in range(max(1, min(chunk.conns, len(chunk.items)))):

@@ -220,3 +220,69 @@ class FairSlots:
             del self._waiting[job]
             if job not in self.held:
                 self._served.pop(job, None)
+
+
+class ConnectionBudget:
+    """The node's `--max-conns`, handed out to chunks (a chunk runs at most the connections it
+    holds, wherever it runs), so the bound holds for all jobs and fetch processes together.
+    When connections are scarce they go to the job holding the fewest (among equals, the one
+    served longest ago), as FairSlots does for single transfers."""
+
+    def __init__(self, total: int) -> None:
+        self.total = self.free = max(1, total)
+        self.held: dict[Hashable, int] = {}
+        self._waiting: dict[Hashable, deque[tuple[asyncio.Future[int], int]]] = {}
+        self._served: dict[Hashable, int] = {}
+        self._turns = itertools.count()
+
+    def __repr__(self) -> str:
+        return f"<ConnectionBudget {self.total - self.free}/{self.total} jobs={len(self.held)}>"
+
+    async def take(self, job: Hashable, want: int) -> int:
+        """At least one and at most `want` connections for `job`, once it has its turn."""
+        if not self._waiting and self.free:
+            return self._grant(job, want)
+        waiter: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._waiting.setdefault(job, deque()).append((waiter, want))
+        self._dispatch()
+        try:
+            return await waiter
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():  # granted, then cancelled
+                self.give(job, waiter.result())
+            else:
+                queue = self._waiting.get(job)
+                if queue is not None:
+                    with contextlib.suppress(ValueError):
+                        queue.remove((waiter, want))
+                    if not queue:
+                        del self._waiting[job]
+            raise
+
+    def give(self, job: Hashable, n: int) -> None:
+        self.free += n
+        left = self.held[job] - n
+        if left:
+            self.held[job] = left
+        else:
+            del self.held[job]
+            if job not in self._waiting:
+                self._served.pop(job, None)
+        self._dispatch()
+
+    def _grant(self, job: Hashable, want: int) -> int:
+        n = max(1, min(want, self.free))
+        self.free -= n
+        self.held[job] = self.held.get(job, 0) + n
+        self._served[job] = next(self._turns)
+        return n
+
+    def _dispatch(self) -> None:
+        while self.free and self._waiting:
+            job = min(self._waiting, key=lambda j: (self.held.get(j, 0), self._served.get(j, -1)))
+            queue = self._waiting[job]
+            waiter, want = queue.popleft()
+            if not queue:
+                del self._waiting[job]
+            if not waiter.done():
+                waiter.set_result(self._grant(job, want))

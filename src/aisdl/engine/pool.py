@@ -25,13 +25,11 @@ from aisdl.engine.chunks import (
     RESULT_DECODER,
     ChunkRunner,
     Watch,
-    journal_file,
-    placed_rows,
 )
 from aisdl.engine.fetch import Fetcher
 from aisdl.engine.hostlimit import START
 from aisdl.engine.ipc import Outbox, receive
-from aisdl.engine.limits import FairSlots, TokenBucket
+from aisdl.engine.limits import ConnectionBudget, FairSlots, TokenBucket
 from aisdl.sources.registry import Sources
 from aisdl.store.layout import Layout
 
@@ -54,7 +52,7 @@ class WorkerLost(Exception):
 class WorkerSettings(msgspec.Struct, frozen=True):
     """What a worker process is told first: the node's settings and its share of them."""
 
-    connections: int    # its share of the node's --max-conns
+    connections: int    # the node's --max-conns (chunks bring their share of it)
     per_host: int       # its share of the per-host cap
     host_start: int     # its share of the transfers a new host starts with
     mountpaths: list[str]
@@ -183,12 +181,14 @@ class FetchPool:
         self.sources = self.local.sources
         self.workers: list[_Worker] = []
         per_host = config.max_per_host or config.max_connections
-        # The node's connections, per-host caps and per-host starts are shared by its workers
-        # (each decides for itself: a chunk runs where its fetches happen).
+        # The node's connections go to chunks (`budget`); per-host caps and the transfers a
+        # new host starts with are shared by the workers (each adapts its own: a chunk runs
+        # where its fetches happen).
         n = max(1, procs)
+        self.budget = ConnectionBudget(config.max_connections)
         self._settings = WorkerSettings(
-            math.ceil(config.max_connections / n), math.ceil(per_host / n),
-            math.ceil(START / n), list(layout.mountpaths))
+            config.max_connections, math.ceil(per_host / n), math.ceil(START / n),
+            list(layout.mountpaths))
         self.slots = FairSlots(config.max_connections, per_host)
         self.runner = ChunkRunner(self.local, layout, self.slots)
         self._respawn = asyncio.Lock()
@@ -219,17 +219,13 @@ class FetchPool:
         await self.runner.run(watch)
 
     def _recover(self, watch: Watch, pid: int) -> None:
-        chunk = watch.chunk
-        got = {r.index: r for r in placed_rows(
-            self.layout, chunk.bck, chunk.job, journal_file(self.layout, chunk.job, chunk.id))}
+        """What the worker reported stays done; the rest moves on (whoever runs it next first
+        takes what the journal shows in place: engine/chunks.py)."""
         done = {r.index for r in watch.rows}
-        rows = [r for i, r in got.items() if i not in done]
-        watch.rows.extend(rows)
-        done.update(got)
-        left = [i for i in chunk.items if i.index not in done]
-        log.warning("fetch worker %d exited; %d object(s) of its chunk were in place, %d move "
-                    "to another", pid, len(rows), len(left))
-        watch.chunk = msgspec.structs.replace(chunk, items=left)
+        left = [i for i in watch.chunk.items if i.index not in done]
+        log.warning("fetch worker %d exited; %d file(s) of its chunk move to another", pid,
+                    len(left))
+        watch.chunk = msgspec.structs.replace(watch.chunk, items=left)
         watch.in_flight = {}
 
     async def _pick(self) -> _Worker | None:

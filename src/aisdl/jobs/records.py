@@ -61,11 +61,16 @@ def insert_job(conn: sqlite3.Connection, job_id: str, spec_json: str, descriptio
                  (job_id, spec_json, description, started_ns, total))
 
 
+# A finished task as saved: name, downloaded, total, start_ns, end_ns (a plain tuple: a job
+# makes one per file)
+TaskRow = tuple[str, int, int, int, int]
+
+
 def save_progress(conn: sqlite3.Connection, job_id: str, counters: Counters, cursor: Cursor,
-                  errors: Iterable[tuple[str, str]], tasks: Iterable[TaskInfo]) -> None:
+                  errors: Iterable[tuple[str, str]], tasks: Iterable[TaskRow]) -> None:
     conn.executemany("INSERT INTO job_errors (job_id, name, error) VALUES (?,?,?)",
                      [(job_id, n, e) for n, e in errors])
-    rows = [(job_id, t.name, t.downloaded, t.total, t.start_ns, t.end_ns) for t in tasks]
+    rows = [(job_id, *t) for t in tasks]
     if rows:
         conn.executemany("INSERT INTO job_tasks VALUES (?,?,?,?,?,?)", rows)
         conn.execute("DELETE FROM job_tasks WHERE job_id = ? AND rowid <= (SELECT rowid FROM "

@@ -13,6 +13,7 @@ import os
 import sqlite3
 import threading
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import TypeVar
@@ -33,7 +34,7 @@ from aisdl.engine.pool import FetchPool
 from aisdl.errors import AisdlError, DatabaseRefused, SourceError
 from aisdl.jobs import records
 from aisdl.jobs.listing import backend_items, source_link
-from aisdl.jobs.records import Counters, Cursor, TaskInfo
+from aisdl.jobs.records import RECENT_TASKS, Counters, Cursor, TaskRow
 from aisdl.jobs.request import Item, JobSpec
 from aisdl.store.store import Store
 
@@ -44,7 +45,10 @@ FLUSH_AT = 512       # outcomes that force a commit sooner
 BACKLOG = 8 * FLUSH_AT  # outcomes not yet recorded at which the workers wait for the database
 RETRY_MAX = 5.0      # seconds between tries at most, while the database refuses a batch
 MAX_CHUNK = 256      # items of one chunk at most
+TASKS_EVERY = 1.0    # seconds between saves of the recent finished tasks
 CHUNK_BYTES = 64 << 20  # a chunk of big files holds about this many bytes
+
+Recorded = tuple[Counters, Cursor, list[TaskRow]]  # a batch's counts, and tasks left unsaved
 
 # Items for the lanes, each with what the catalog has of it; None tells a lane to stop.
 ChunkQueue = asyncio.Queue[list[ChunkItem] | None]
@@ -103,6 +107,9 @@ class JobRun:
         self._refused = False  # the database refused the last record: said once in the log
         self._throttle = TokenBucket(spec.bytes_per_hour) if spec.bytes_per_hour else None
         self._chunk_ids = itertools.count()
+        self._tasks: deque[TaskRow] = deque(maxlen=RECENT_TASKS)  # finished, not yet saved
+        self._tasks_at = time.monotonic()
+        self._save_tasks = False  # the job is ending: save them with the next batch
         procs = 1 if self._throttle else max(1, len(fetcher.workers))
         self._lanes = lane_connections(self.workers, min(self.workers, 2 * procs))
         self._sizer = ChunkSizer(self._lanes[0], len(self._lanes))
@@ -125,7 +132,7 @@ class JobRun:
     def scheduled(self) -> int:
         with self._counts_lock:
             c, recording = self.counters, self._recording
-        in_chunks = sum(len(w.chunk.items) - w.taken for w in list(self.watches))
+        in_chunks = sum(len(w.items) - w.taken for w in list(self.watches))
         return c.finished + c.errors + in_chunks + len(self._batch) + recording
 
     def start(self) -> None:
@@ -170,6 +177,7 @@ class JobRun:
             if self.aborted:
                 await self._finish()
             else:
+                self._save_tasks = True
                 await self._flush()  # node stopping: keep what is done, resume the rest later
             raise
         except Exception as exc:
@@ -257,9 +265,11 @@ class JobRun:
         """Runs chunks one after another with `conns` transfers at once (its share of the
         job's connections)."""
         spec = self.spec
+        budget = self.fetcher.budget
         while (items := await queue.get()) is not None:
+            held = await budget.take(self.id, min(conns, len(items)))
             chunk = Chunk(self.id, next(self._chunk_ids), spec.bucket.provider, spec.bucket.name,
-                          items, conns, spec.headers, spec.timeout, self._write_through)
+                          items, held, spec.headers, spec.timeout, self._write_through)
             watch = Watch(chunk)
             watch.discard = self.aborted
             self.watches.add(watch)
@@ -273,6 +283,8 @@ class JobRun:
                 self._take(watch, problem=f"internal error: {describe(exc)}")
             else:
                 self._take(watch)
+            finally:
+                budget.give(self.id, held)
             if len(self._batch) >= BACKLOG:  # the database is behind or refusing: hold on
                 self._room.clear()
                 await self._room.wait()
@@ -281,12 +293,12 @@ class JobRun:
         """A chunk's rows join the next batch. Run to its end, every item has one: one that
         has none (a worker's bug) is that file's error, never a silent gap."""
         self.watches.discard(watch)
-        if complete and len(watch.rows) < len(watch.chunk.items):
+        if complete and len(watch.rows) < len(watch.items):
             seen = {r.index for r in watch.rows}
             now = time.time_ns()
             watch.rows.extend(Row(i.index, i.name, now, now, error=problem or "internal error: the"
                             " fetch worker gave no outcome; see the node's log")
-                        for i in watch.chunk.items if i.index not in seen)
+                        for i in watch.items if i.index not in seen)
         self._add(watch.new_rows())
         self._journals.append(journal_file(self.store.layout, self.id, watch.chunk.id))
 
@@ -369,11 +381,18 @@ class JobRun:
             return batch
         return []
 
-    def _recorded(self, size: int, state: tuple[Counters, Cursor]) -> None:
+    def _recorded(self, size: int, state: Recorded) -> None:
         """On the database thread, once a batch has committed: the next batch starts from its
         counts (that thread runs one at a time, in order, whoever still waits for it)."""
+        counters, cursor, unsaved = state
         with self._counts_lock:
-            (self.counters, self.cursor), self._recording = state, self._recording - size
+            self.counters, self.cursor, self._recording = counters, cursor, \
+                self._recording - size
+        if unsaved:
+            self._tasks.extend(unsaved)
+        else:
+            self._tasks.clear()
+            self._tasks_at = time.monotonic()
 
     async def _in_db(self, fn: Callable[[sqlite3.Connection], T], what: str,
                      then: Callable[[T], None] | None = None) -> bool:
@@ -399,7 +418,7 @@ class JobRun:
             await asyncio.sleep(delay)
             delay = min(2 * delay, RETRY_MAX)
 
-    def _record(self, conn: sqlite3.Connection, batch: list[Row]) -> tuple[Counters, Cursor]:
+    def _record(self, conn: sqlite3.Connection, batch: list[Row]) -> Recorded:
         """Runs on the database thread, in one transaction: the objects' rows, and the job's
         counts and cursor with the batch, to take effect once that transaction has committed."""
         counters = Counters(**vars(self.counters))
@@ -410,6 +429,12 @@ class JobRun:
         for i, message in refused.items():  # final, also if the batch is tried again
             placed[i].placed, placed[i].error = False, message
         errors, tasks = [], []
+        new = [(o.name, o.downloaded, o.total, o.start_ns, o.end_ns) for o in batch]
+        # The recent finished tasks (what `-v` shows) are written once a second, not per file:
+        # on a small-file job they were a row per object and a trim, a fifth of this work.
+        due = self._save_tasks or time.monotonic() - self._tasks_at >= TASKS_EVERY
+        if due:
+            tasks = [*self._tasks, *new][-RECENT_TASKS:]
         for o in batch:
             if o.error:
                 counters.errors += 1
@@ -419,13 +444,13 @@ class JobRun:
                 counters.skipped += o.skipped
             if o.index >= 0:  # -1: an error of the job itself (its listing)
                 cursor.mark(o.index)
-            tasks.append(TaskInfo(o.name, o.downloaded, o.total, o.start_ns, o.end_ns))
         records.save_progress(conn, self.id, counters, cursor, errors, tasks)
-        return counters, cursor
+        return counters, cursor, [] if due else new
 
     async def _finish(self, stopped_by: str = "") -> None:
         """Record the last outcomes and the end of the job. A job that stopped early, or whose
         counts do not add up to its total, says so in its error list: never a silent gap."""
+        self._save_tasks = True
         await self._patiently(self._flush)
         c = self.counters
         if stopped_by:

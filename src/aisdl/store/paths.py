@@ -12,6 +12,9 @@ from urllib.parse import unquote, urlsplit
 from aisdl.errors import BadRequest
 
 _BAD_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
+# A name of these characters alone is its own URL path (no scheme, query, fragment or escape):
+# normalizing it only validates it (templates make millions of such names).
+_PLAIN = re.compile(r"[A-Za-z0-9._~/-]+")
 
 
 def check_object_name(name: str) -> str:
@@ -34,6 +37,8 @@ def check_object_name(name: str) -> str:
 def normalize_object_name(name: str) -> str:
     """AIS `NormalizeObjName`: a name parsed as a URL with a non-empty path becomes that path,
     percent-decoded (so `?query` and `#fragment` go away); then it is validated."""
+    if _PLAIN.fullmatch(name) and not name.startswith("//"):
+        return check_object_name(name)
     try:
         url = urlsplit(name)
     except ValueError as exc:

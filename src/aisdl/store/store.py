@@ -26,6 +26,7 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import IO, Any, NamedTuple, TypeVar
 
+import msgspec
 import xxhash
 
 from aisdl.db import Database
@@ -47,6 +48,7 @@ TRASH_TAG = "trash"
 _WRITE_BUFFER = 1 << 20  # hand the disk 1 MiB at a time: one executor hop per MiB, not per chunk
 _LOOKUP_BATCH = 500
 _COLUMNS = "name, size, version, cksum_type, cksum, atime, custom"
+_JSON = msgspec.json.Encoder()  # custom metadata: a flat dict of str, 7x faster than json
 
 # What a listing entry is (AIS entry flags: a directory, an archive, a file inside one).
 OBJECT, DIR, ARCHIVE, MEMBER = "object", "dir", "archive", "member"
@@ -418,12 +420,14 @@ class Store:
         why: a name that clashes with objects of the catalog (possible across mountpaths,
         where the disk cannot see it) is removed from the disk again."""
         props = self.require_bucket(bck)
-        view = CatalogView(conn, bck, [o[0] for o in objects])
+        one_disk = len(self.mountpaths) == 1  # its disk refused every clash at the rename
+        view = CatalogView(conn, bck, [o[0] for o in objects], clashes=not one_disk)
         refused: dict[int, str] = {}
         rows = []
+        encode = _JSON.encode
         for i, (name, size, cksum, custom, atime_ns) in enumerate(objects):
             previous = view.version(name)
-            if previous is None:
+            if previous is None and not one_disk:
                 try:
                     view.check_no_dir_clash(name)
                 except Conflict as err:
@@ -433,7 +437,7 @@ class Store:
                     continue
             version = _next_version(previous, props)
             rows.append((bck.provider, bck.name, name, size, version, "xxhash2", cksum, atime_ns,
-                         json.dumps(custom)))
+                         encode(custom).decode()))
             view.committed(name, version)
         conn.executemany(
             "INSERT OR REPLACE INTO objects (provider, bucket, name, size, version, cksum_type,"
