@@ -713,8 +713,7 @@ def preflight(args: argparse.Namespace) -> None:
             sys.exit(f"Error: `{tool}` not found (install iproute2)")
     for exe in (AIS, PYTHON) + ((DASK,) if "dask" in args.modes else ()):
         if not exe.exists():
-            sys.exit(f"Error: {exe} missing: run `uv sync` (and `uv pip install "
-                     f"\"dask[distributed]\"` until it is a dependency)")
+            sys.exit(f"Error: {exe} missing: run `uv sync --frozen`")
 
 
 def parse_args() -> argparse.Namespace:
