@@ -320,9 +320,10 @@ class Node:
             raise RuntimeError(f"`ais start download` exited {rc}; see {log_path}")
         return job_id_from(log_path)
 
-    def status(self, job: str) -> dict[str, Any]:
+    def status(self, job: str, errors: bool = False) -> dict[str, Any]:
+        """The job's status; with `errors`, also its per-file errors (`download_errors`)."""
         r = self.session.get(f"{self.endpoint}/v1/download",
-                             json={"id": job, "only_active_tasks": True}, timeout=30)
+                             json={"id": job, "only_active_tasks": not errors}, timeout=30)
         r.raise_for_status()
         out: dict[str, Any] = r.json()
         return out
@@ -499,10 +500,14 @@ class Bench:
             res.load_after = os.getloadavg()
             sent1 = link_sent(k)
             res.link_bytes = {dev: sent1[dev] - sent0[dev] for dev in sent1}
-            for st, (a, b) in zip(statuses, parts, strict=True):
+            for node, job, st, (a, b) in zip(nodes, jobs, statuses, parts, strict=True):
                 if st.get("aborted") or st.get("error_cnt") or st.get("skipped_cnt") \
                         or st.get("finished_cnt") != b - a + 1:
-                    raise RuntimeError(f"job status {json.dumps(st)[:600]}")
+                    errs = node.status(job, errors=True).get("download_errors") or []
+                    raise RuntimeError(
+                        f"job {job}: finished {st.get('finished_cnt')} of {b - a + 1}, errors "
+                        f"{st.get('error_cnt')}, skipped {st.get('skipped_cnt')}, aborted "
+                        f"{st.get('aborted')}; first error: {errs[0] if errs else '-'}")
             start = min(parse_rfc3339(st["started_time"]) for st in statuses)
             end = max(parse_rfc3339(st["finished_time"]) for st in statuses)
             res.job_wall_s = end - start
