@@ -92,6 +92,7 @@ class InFlight(msgspec.Struct, array_like=True):
     start_ns: int
     downloaded: int = 0
     total: int = 0
+    worker: str = ""  # which worker fetches it, where that is worth saying (Dask)
 
     def started(self, offset: int, total: int | None) -> None:
         self.downloaded, self.total = offset, total or 0
