@@ -26,18 +26,22 @@ import secrets
 from dataclasses import replace
 from typing import Any
 
+import msgspec
 from distributed import Client, WorkerPlugin, get_worker
 
 from aisdl.config import NodeConfig
 from aisdl.engine.chunks import (
     CHUNK_DECODER,
     CHUNK_ENCODER,
+    LEASE_CHECK,
+    LEASE_STALE,
     PROGRESS_DECODER,
     RESULT_DECODER,
     ChunkProgress,
     ChunkResult,
     ChunkRunner,
     Watch,
+    lease_holder,
 )
 from aisdl.engine.fetch import Fetcher
 from aisdl.engine.limits import ConnectionBudget, FairSlots, TokenBucket
@@ -164,6 +168,9 @@ class DaskPool:
         self._watches: dict[tuple[str, int], Watch] = {}
         self._order = itertools.count()
         self._reconnecting: asyncio.Task[None] | None = None
+        self._renewing: asyncio.Task[None] | None = None
+        self.owner = secrets.token_hex(8)
+        self.lease = os.path.join(layout.mountpaths[0], WORK_DIR, "dask.lease")
         # Workers get what they need to fetch and place, never the node's token key.
         self._plugin_config = replace(config, auth_key=b"", auth_algorithm="")
 
@@ -178,6 +185,31 @@ class DaskPool:
             raise SchedulerUnreachable(
                 f"cannot reach the Dask scheduler at {self.address}: {err}") from err
         await self._check_mountpaths()
+        await self._take_lease()
+
+    async def _take_lease(self) -> None:
+        """Chunks run only while this node renews its lease (engine/chunks.py). A node that
+        ran before (killed) may have left chunks running: once the lease is ours they stop
+        within LEASE_CHECK, so wait that out before any job resumes and reconciles."""
+        before, age = lease_holder(self.lease)
+        self._renew()
+        self._renewing = asyncio.create_task(self._renew_forever())
+        if before and age < LEASE_STALE + LEASE_CHECK:
+            await asyncio.sleep(2 * LEASE_CHECK)
+
+    def _renew(self) -> None:
+        tmp = f"{self.lease}.{self.owner}"
+        with open(tmp, "w") as f:
+            f.write(self.owner)
+        os.replace(tmp, self.lease)
+
+    async def _renew_forever(self) -> None:
+        while True:
+            await asyncio.sleep(LEASE_CHECK)
+            try:
+                self._renew()
+            except OSError as err:  # a full disk: chunks stop after LEASE_STALE; say why
+                log.error("cannot renew %s: %s", self.lease, err.strerror or err)
 
     async def _connect(self, timeout: float) -> None:
         client = await Client(  # type: ignore[no-untyped-call]
@@ -224,7 +256,8 @@ class DaskPool:
         if throttle is not None:
             await self.runner.run(watch, throttle)
             return
-        chunk = watch.chunk
+        chunk = watch.chunk = msgspec.structs.replace(watch.chunk, lease=self.lease,
+                                                      owner=self.owner)
         key = (chunk.job, chunk.id)
         self._watches[key] = watch
         priority = -next(self._order)  # earlier chunks first, also when run again
@@ -286,8 +319,9 @@ class DaskPool:
                 await asyncio.sleep(RECONNECT_EVERY)
 
     async def aclose(self) -> None:
-        if self._reconnecting is not None:
-            self._reconnecting.cancel()
+        for task in (self._reconnecting, self._renewing):
+            if task is not None:
+                task.cancel()
         if self.client is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.client.close(), 10)

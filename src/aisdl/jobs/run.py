@@ -106,7 +106,9 @@ class JobRun:
         self._room = asyncio.Event()     # set when the backlog has been recorded
         self._refused = False  # the database refused the last record: said once in the log
         self._throttle = TokenBucket(spec.bytes_per_hour) if spec.bytes_per_hour else None
-        self._chunk_ids = itertools.count()
+        # Chunk ids (and journal names) unique to this run of the job: a chunk of an earlier
+        # run may still be finishing on a remote worker.
+        self._chunk_ids = itertools.count(time.time_ns() // 1000)
         self._tasks: deque[TaskRow] = deque(maxlen=RECENT_TASKS)  # finished, not yet saved
         self._tasks_at = time.monotonic()
         self._save_tasks = False  # the job is ending: save them with the next batch
