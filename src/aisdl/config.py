@@ -68,6 +68,7 @@ class NodeConfig:
     cloud: CloudSettings = field(default_factory=CloudSettings)
     event_loop: str = "asyncio"      # or "uvloop"
     fetch_procs: int = field(default_factory=default_fetch_procs)
+    scheduler: str = ""              # a Dask scheduler's address: chunks run on its workers
     # `--no-auth`: the user accepts that anyone who reaches a non-loopback address controls the node
     no_auth: bool = False
     # HTTPS only when both are set (PEM files: the certificate chain, its private key)

@@ -25,6 +25,16 @@ def _host_names(ctx: click.Context, param: click.Parameter,
         raise click.BadParameter(str(exc)) from None
 
 
+def _scheduler_address(value: str) -> str:
+    """`tcp://HOST:PORT` (or `tls://`), or HOST:PORT for tcp."""
+    address = value if "://" in value else f"tcp://{value}"
+    scheme, _, rest = address.partition("://")
+    host, _, port = rest.rpartition(":")
+    if scheme not in ("tcp", "tls") or not host or not port.isdigit():
+        raise click.BadParameter(f"{value!r}: expected tcp://HOST:PORT", param_hint="--scheduler")
+    return address
+
+
 @click.command()
 @click.option("--port", default=8080, show_default=True, help="TCP port to listen on.")
 @click.option("--host", default="127.0.0.1", show_default=True,
@@ -61,6 +71,10 @@ def _host_names(ctx: click.Context, param: click.Parameter,
 @click.option("--fetch-procs", type=click.IntRange(min=0), default=None,
               help="Worker processes that fetch objects (0: fetch in the node process) "
                    "[default: one per core, up to 8].")
+@click.option("--scheduler", default="", metavar="tcp://HOST:PORT",
+              help="Run downloads on the workers of this Dask scheduler (`dask worker "
+                   "tcp://HOST:PORT` on machines that mount the node's mountpaths at the same "
+                   "paths) instead of this machine's fetch processes.")
 @click.option("--no-auth", is_flag=True,
               help="Serve a non-loopback --host without tokens: anyone who reaches it controls "
                    "the node (downloads, data, shutdown).")
@@ -77,7 +91,7 @@ def serve(port: int, host: str, home: Path | None, mountpaths: tuple[Path, ...],
           allow_private_egress: bool, allowed_hosts: tuple[str, ...], max_conns: int,
           max_per_host: int, retry_attempts: int,
           retry_delay: float, stall_timeout: float, min_rate: int, rate_window: float,
-          max_object_size: int, event_loop: str, fetch_procs: int | None,
+          max_object_size: int, event_loop: str, fetch_procs: int | None, scheduler: str,
           no_auth: bool, tls_cert: Path | None, tls_key: Path | None,
           auth_secret: Path | None, auth_public_key: Path | None) -> None:
     """Run a node in the foreground (Ctrl+C stops it; unfinished jobs resume at the next start)."""
@@ -94,6 +108,8 @@ def serve(port: int, host: str, home: Path | None, mountpaths: tuple[Path, ...],
     )
     if fetch_procs is not None:
         config = replace(config, fetch_procs=fetch_procs)
+    if scheduler:
+        config = replace(config, scheduler=_scheduler_address(scheduler))
     if tls_cert is not None and tls_key is not None:
         config = replace(config, tls_cert=tls_cert.resolve(), tls_key=tls_key.resolve())
     config = _with_auth(config, auth_secret, auth_public_key)

@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import logging
+import math
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -39,6 +41,9 @@ from aisdl.store.paths import check_object_name
 
 log = logging.getLogger("aisdl.engine")
 PROTOCOL = 1
+LOCK_POLL = 0.1     # seconds between tries for a chunk's journal lock
+LEASE_CHECK = 1.0   # seconds between checks of a remote chunk's lease
+LEASE_STALE = 10.0  # seconds without renewal after which a lease is the node's no longer
 
 
 class ChunkItem(msgspec.Struct, array_like=True, frozen=True):
@@ -60,6 +65,8 @@ class Chunk(msgspec.Struct, frozen=True):
     headers: dict[str, list[str]] = {}
     timeout: float | None = None
     write_through: str = ""               # a cloud bucket's link prefix: objects go there too
+    lease: str = ""   # a file that names the node running the job (`owner`): a chunk of a
+    owner: str = ""   # node that is gone, or replaced by another, stops (remote workers)
     protocol: int = PROTOCOL
 
     @property
@@ -92,6 +99,7 @@ class InFlight(msgspec.Struct, array_like=True):
     start_ns: int
     downloaded: int = 0
     total: int = 0
+    worker: str = ""  # which worker fetches it, where that is worth saying (Dask)
 
     def started(self, offset: int, total: int | None) -> None:
         self.downloaded, self.total = offset, total or 0
@@ -155,10 +163,23 @@ class Journal:
         self.path = path
         self._fd = -1
 
-    def write(self, row: Row) -> None:
+    def _open(self) -> None:
         if self._fd < 0:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+
+    async def lock(self) -> None:
+        """Hold the journal's lock (flock: it goes with the process, however that ends)."""
+        self._open()
+        while True:
+            try:
+                fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return
+            except BlockingIOError:
+                await asyncio.sleep(LOCK_POLL)
+
+    def write(self, row: Row) -> None:
+        self._open()
         os.write(self._fd, _LINE_ENCODER.encode(row) + b"\n")
 
     def close(self) -> None:
@@ -191,6 +212,32 @@ def placed_rows(layout: Layout, bck: Bucket, job: str, path: Path) -> list[Row]:
             continue
         rows.append(row)
     return rows
+
+
+# -- the lease of a remote run ------------------------------------------------------------
+def lease_holder(path: str) -> tuple[str, float]:
+    """Who holds a lease file, and how many seconds ago it was renewed ("": nobody)."""
+    try:
+        with open(path) as f:
+            owner = f.read().strip()
+        return owner, time.time() - os.stat(path).st_mtime
+    except OSError:
+        return "", math.inf
+
+
+async def _hold_lease(chunk: Chunk, run: asyncio.Future[None]) -> None:
+    """A remote chunk runs only while the node that sent it holds the lease: a node killed, or
+    restarted (a new owner), must not find objects placed behind its back."""
+    while True:
+        await asyncio.sleep(LEASE_CHECK)
+        owner, age = lease_holder(chunk.lease)
+        if owner != chunk.owner or age > LEASE_STALE:
+            why = "another node runs its job now" if owner != chunk.owner else \
+                f"its node has not renewed its lease for {age:.0f} s"
+            log.warning("chunk %d of job %s stops: %s (%s)", chunk.id, chunk.job, why,
+                        chunk.lease)
+            run.cancel()
+            return
 
 
 # -- running a chunk -------------------------------------------------------------------------
@@ -227,25 +274,37 @@ class ChunkRunner:
         chunk = watch.chunk
         path = journal_file(self.layout, chunk.job, chunk.id)
         journal = Journal(path)
-        items = iter(chunk.items)
-        if path.exists():  # run before, by a process that died: what it placed is done
+        try:
+            # One run of a chunk at a time (a run thought lost may still be going on another
+            # worker); then what an earlier run placed is done.
+            await journal.lock()
             wanted = {i.index for i in chunk.items}
             placed = [r for r in placed_rows(self.layout, chunk.bck, chunk.job, path)
                       if r.index in wanted]
             watch.rows.extend(placed)
             done = {r.index for r in placed}
             items = iter([i for i in chunk.items if i.index not in done])
+            lanes = asyncio.ensure_future(self._lanes(watch, items, journal, throttle))
+            watcher = asyncio.create_task(_hold_lease(chunk, lanes)) if chunk.lease else None
+            try:
+                await lanes  # a cancel of this run cancels them too
+            finally:
+                if watcher is not None:
+                    watcher.cancel()
+        finally:
+            journal.close()
+
+    async def _lanes(self, watch: Watch, items: Iterator[ChunkItem], journal: Journal,
+                     throttle: TokenBucket | None) -> None:
         try:
             async with asyncio.TaskGroup() as tg:
-                for _ in range(max(1, min(chunk.conns, len(chunk.items)))):
+                for _ in range(max(1, min(watch.chunk.conns, len(watch.chunk.items)))):
                     tg.create_task(self._lane(watch, items, journal, throttle))
         except BaseExceptionGroup as group:  # a lane's own bug is re-raised as it was
             cancelled = group.subgroup(asyncio.CancelledError)
             if cancelled is not None and cancelled is group:
                 raise asyncio.CancelledError from None
             raise
-        finally:
-            journal.close()
 
     async def _lane(self, watch: Watch, items: Iterator[ChunkItem], journal: Journal,
                     throttle: TokenBucket | None) -> None:

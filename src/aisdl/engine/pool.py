@@ -14,7 +14,7 @@ import math
 import os
 import sys
 import time
-from typing import Any
+from typing import Any, Protocol
 
 import msgspec
 
@@ -47,6 +47,21 @@ MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": str(4 << 20), "MALLOC_TRIM_THRESHOLD_": 
 
 class WorkerLost(Exception):
     pass
+
+
+class ChunkPool(Protocol):
+    """Where a job's chunks run: fetch worker processes (FetchPool) or a Dask cluster."""
+
+    budget: ConnectionBudget
+    sources: Sources
+
+    @property
+    def parallelism(self) -> int:
+        """How many runners take chunks at once (a job keeps two chunks in flight each)."""
+
+    async def start(self) -> None: ...
+    async def run_chunk(self, watch: Watch, throttle: TokenBucket | None = None) -> None: ...
+    async def aclose(self) -> None: ...
 
 
 class WorkerSettings(msgspec.Struct, frozen=True):
@@ -193,6 +208,10 @@ class FetchPool:
         self.runner = ChunkRunner(self.local, layout, self.slots)
         self._respawn = asyncio.Lock()
         self._early_deaths = 0
+
+    @property
+    def parallelism(self) -> int:
+        return max(1, len(self.workers))
 
     async def start(self) -> None:
         self.workers = list(await asyncio.gather(

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from aisdl.config import NodeConfig
 from aisdl.db import Database
-from aisdl.engine.pool import FetchPool
+from aisdl.engine.pool import ChunkPool, FetchPool
 from aisdl.errors import BadRequest, DatabaseRefused, NotFound
 from aisdl.jobs import records
 from aisdl.jobs.multiobj import MultiObjOps
@@ -65,14 +65,19 @@ class JobManager:
     def __init__(self, config: NodeConfig, db: Database, store: Store) -> None:
         self.config, self.db, self.store = config, db, store
         self.runs: dict[str, JobRun] = {}
-        self._fetcher: FetchPool | None = None
+        self._fetcher: ChunkPool | None = None
         self._resuming: asyncio.Task[None] | None = None
         self.multiobj = MultiObjOps(store)  # deletes and evictions (prefetches are jobs here)
 
     async def start(self) -> None:
         """Before the node serves: the fetch workers, and no work files but those of unfinished
         jobs (before any new job can make some)."""
-        self._fetcher = FetchPool(self.config, self.config.fetch_procs, self.store.layout)
+        if self.config.scheduler:
+            from aisdl.engine.dask_pool import DaskPool  # dask loads only for such a node
+
+            self._fetcher = DaskPool(self.config, self.config.scheduler, self.store.layout)
+        else:
+            self._fetcher = FetchPool(self.config, self.config.fetch_procs, self.store.layout)
         await self._fetcher.start()
         rows = await self.db.run(records.unfinished_jobs)
         await asyncio.get_running_loop().run_in_executor(

@@ -30,7 +30,7 @@ from aisdl.engine.chunks import (
     placed_rows,
 )
 from aisdl.engine.limits import THROTTLED_CONNECTIONS, TokenBucket
-from aisdl.engine.pool import FetchPool
+from aisdl.engine.pool import ChunkPool
 from aisdl.errors import AisdlError, DatabaseRefused, SourceError
 from aisdl.jobs import records
 from aisdl.jobs.listing import backend_items, source_link
@@ -84,7 +84,7 @@ def lane_connections(connections: int, lanes: int) -> list[int]:
 
 class JobRun:
     def __init__(self, job_id: str, spec: JobSpec, *, db: Database, store: Store,
-                 fetcher: FetchPool, workers: int, counters: Counters, cursor: Cursor,
+                 fetcher: ChunkPool, workers: int, counters: Counters, cursor: Cursor,
                  started_ns: int) -> None:
         self.id, self.spec = job_id, spec
         self.db, self.store, self.fetcher = db, store, fetcher
@@ -106,11 +106,13 @@ class JobRun:
         self._room = asyncio.Event()     # set when the backlog has been recorded
         self._refused = False  # the database refused the last record: said once in the log
         self._throttle = TokenBucket(spec.bytes_per_hour) if spec.bytes_per_hour else None
-        self._chunk_ids = itertools.count()
+        # Chunk ids (and journal names) unique to this run of the job: a chunk of an earlier
+        # run may still be finishing on a remote worker.
+        self._chunk_ids = itertools.count(time.time_ns() // 1000)
         self._tasks: deque[TaskRow] = deque(maxlen=RECENT_TASKS)  # finished, not yet saved
         self._tasks_at = time.monotonic()
         self._save_tasks = False  # the job is ending: save them with the next batch
-        procs = 1 if self._throttle else max(1, len(fetcher.workers))
+        procs = 1 if self._throttle else fetcher.parallelism
         self._lanes = lane_connections(self.workers, min(self.workers, 2 * procs))
         self._sizer = ChunkSizer(self._lanes[0], len(self._lanes))
         bucket = spec.bucket
