@@ -32,6 +32,7 @@ import os
 import platform
 import random
 import re
+import resource
 import select
 import shutil
 import signal
@@ -386,29 +387,45 @@ class DaskCluster:
 
 def chunk_overhead(stream: list[dict[str, Any]], k: int, job_wall: float) -> dict[str, Any]:
     """Dask's cost per chunk, from the scheduler's task stream: each task's compute span (the
-    chunk's own work on the worker) and, per worker, the gap between the end of one chunk and
-    the start of the next (the worker → scheduler → worker round trip plus any wait for the
-    node to submit more). The share is the gaps' part of the workers' time."""
+    chunk's own work on its worker, from the worker's clock) and, per worker, the idle gaps
+    between its chunks: time when the worker ran no chunk while the job went on (the
+    worker -> scheduler -> worker round trip per chunk, plus any wait for the node to submit
+    more). A worker may run chunks side by side (they are coroutines); the gaps are then the
+    holes in the union of its spans. gap share = the gaps' part of the workers' time between
+    their first chunk's start and their last chunk's end."""
     spans: dict[str, list[tuple[float, float]]] = {}
     for t in stream:
         for ss in t.get("startstops", []):
             if ss.get("action") == "compute":
                 spans.setdefault(str(t.get("worker")), []).append((ss["start"], ss["stop"]))
     computes = [b - a for s in spans.values() for a, b in s]
-    gaps: list[float] = []
-    for s in spans.values():
-        s.sort()
-        gaps += [max(0.0, s[j + 1][0] - s[j][1]) for j in range(len(s) - 1)]
     if not computes:
         return {"tasks": 0}
+    gaps: list[float] = []
+    covered = window = 0.0
+    for s in spans.values():
+        s.sort()
+        end = s[0][1]
+        covered += end - s[0][0]
+        for a, b in s[1:]:
+            if a > end:
+                gaps.append(a - end)
+                covered += b - a
+            else:
+                covered += max(0.0, b - end)
+            end = max(end, b)
+        window += end - s[0][0]
     return {
         "tasks": len(computes),
         "tasks_per_worker": {w: len(s) for w, s in sorted(spans.items())},
         "median_compute_s": statistics.median(computes),
+        "mean_compute_s": statistics.fmean(computes),
+        "concurrency": sum(computes) / covered if covered > 0 else 0.0,
+        "gaps": len(gaps),
         "median_gap_s": statistics.median(gaps) if gaps else 0.0,
         "mean_gap_s": statistics.fmean(gaps) if gaps else 0.0,
-        "gap_share": sum(gaps) / (sum(gaps) + sum(computes)),
-        "busy_share": sum(computes) / (k * job_wall) if job_wall > 0 else 0.0,
+        "gap_share": sum(gaps) / window if window > 0 else 0.0,
+        "busy_share": covered / (k * job_wall) if job_wall > 0 else 0.0,
     }
 
 
@@ -538,7 +555,11 @@ class Bench:
 
     def cpu(self, nodes: list[Node], cluster: DaskCluster | None) -> dict[str, float]:
         assert self.origin
-        out = {"node": sum(nd.cpu() for nd in nodes), "origin": tree_cpu(self.origin.proc.pid)}
+        me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(
+            resource.RUSAGE_CHILDREN)
+        out = {"node": sum(nd.cpu() for nd in nodes), "origin": tree_cpu(self.origin.proc.pid),
+               # this process (its status polls, its Dask client) and the `ais` CLI it ran
+               "harness": me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime}
         if cluster is not None:
             out.update(cluster.cpu())
         return out
@@ -615,7 +636,8 @@ def summarize(runs: list[RunResult], files: int, size: int) -> dict[str, dict[st
                                     for key in good[0].cpu_cores}
                 if good[0].dask.get("tasks"):
                     row["dask"] = {key: statistics.median(r.dask[key] for r in good)
-                                   for key in ("tasks", "median_compute_s", "median_gap_s",
+                                   for key in ("tasks", "median_compute_s", "mean_compute_s",
+                                               "concurrency", "median_gap_s", "mean_gap_s",
                                                "gap_share", "busy_share")}
             rows[str(k)] = row
         base = rows.get("1", {}).get("mb_per_s")
@@ -678,9 +700,9 @@ def write_report(out: Path, results: dict[str, Any]) -> None:
         lines += [f"## {title}", "",
                   "| workers | runs | wall s | MB/s | files/s | speed-up vs 1 | link use | "
                   "via links | "
-                  "node | scheduler | workers | origin | machine busy | softirq | steal | "
-                  "others | chunks | chunk s | gap s | gap share |",
-                  "|" + "---:|" * 20]
+                  "node | scheduler | workers | origin | harness | machine busy | softirq | "
+                  "steal | others | chunks | chunk s | parallel | gap s | gap share |",
+                  "|" + "---:|" * 22]
         for k, r in rows.items():
             c, mc, d = r.get("cpu_cores", {}), r.get("machine_cores", {}), r.get("dask", {})
             use = r["mb_per_s"] / (int(k) * link_mb) * 100 if r.get("mb_per_s") else None
@@ -689,9 +711,11 @@ def write_report(out: Path, results: dict[str, Any]) -> None:
                      fmt(r.get("files_per_s"), 0), fmt(r.get("speedup")),
                      f"{fmt(use, 0)}%", f"{fmt(r.get('via_links', 0) * 100, 0)}%",
                      fmt(c.get("node")), fmt(c.get("scheduler")),
-                     fmt(c.get("workers")), fmt(c.get("origin")), fmt(mc.get("busy")),
+                     fmt(c.get("workers")), fmt(c.get("origin")), fmt(c.get("harness")),
+                     fmt(mc.get("busy")),
                      fmt(mc.get("softirq")), fmt(mc.get("steal")), fmt(mc.get("others")),
                      fmt(d.get("tasks"), 0), fmt(d.get("median_compute_s"), 3),
+                     fmt(d.get("concurrency"), 1),
                      fmt(d.get("median_gap_s"), 4),
                      f"{fmt(d['gap_share'] * 100 if d else None, 1)}%"]
             lines.append("| " + " | ".join(str(x) for x in cells) + " |")
