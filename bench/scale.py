@@ -864,6 +864,11 @@ def main() -> int:
     results["summary"] = summarize(runs, args.files, args.size_bytes)
     (out / "results.json").write_text(json.dumps(results, indent=1))
     write_report(out, results)
+    # every run's raw numbers are kept: one run on a shared 2-core machine is one sample
+    hist = out / "history"
+    hist.mkdir(exist_ok=True)
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M")
+    shutil.copy(out / "results.json", hist / f"{stamp}-{'-'.join(args.modes)}.json")
     for mode, rows in results["summary"].items():
         log(f"{mode}: " + "; ".join(f"{k} workers {r.get('mb_per_s', 0):.1f} MB/s "
                                     f"(x{r.get('speedup', 0):.2f})" for k, r in rows.items()))
