@@ -360,21 +360,27 @@ class DaskCluster:
                 [str(DASK), "worker", self.address, "--nworkers", "1", "--nthreads", "1",
                  "--no-dashboard", "--name", f"w{i}", "--local-directory", str(scratch)],
                 logs / f"{tag}-worker{i}.log", ns=ns_name(i)))
-        wait_until(f"{k} dask workers registered",
-                   lambda: len(self.client.scheduler_info(n_workers=-1)["workers"]) == k,
-                   90, self.scheduler, lp)
-        self.client.get_task_stream()   # installs the scheduler's task-stream plugin
+        wait_until(f"{k} dask workers registered", lambda: self._registered() == k, 90,
+                   self.scheduler, lp)
+        self._task_stream(None)   # installs the scheduler's task-stream plugin
 
     def _connect(self, client_cls: Any) -> bool:
         self.client = client_cls(self.address, timeout="2s")
         return True
+
+    def _registered(self) -> int:
+        return len(self.client.scheduler_info(n_workers=-1)["workers"])
+
+    def _task_stream(self, since: float | None) -> list[dict[str, Any]]:
+        return list(self.client.get_task_stream(start=since))
 
     def cpu(self) -> dict[str, float]:
         return {"scheduler": tree_cpu(self.scheduler.pid),
                 "workers": sum(tree_cpu(w.pid) for w in self.workers)}
 
     def task_stream(self, since: float) -> list[dict[str, Any]]:
-        return list(self.client.get_task_stream(start=since))
+        """The chunks the scheduler saw run since `since` (time.time())."""
+        return self._task_stream(since)
 
     def stop(self) -> None:
         if self.client is not None:

@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import random
 import signal
 import sys
+from typing import Any
 
 from aiohttp import web
 
@@ -82,12 +84,11 @@ def main() -> int:
     ap.add_argument("--size", type=int, required=True, help="bytes of every file")
     ap.add_argument("--latency", type=float, default=0.0, help="seconds slept per request")
     args = ap.parse_args()
-    try:
+    run: Any = asyncio.run
+    with contextlib.suppress(ImportError):
         import uvloop
-        runner = uvloop.run
-    except ImportError:
-        runner = asyncio.run
-    runner(serve(args.host, args.port, args.size, args.latency))
+        run = uvloop.run
+    run(serve(args.host, args.port, args.size, args.latency))
     return 0
 
 
