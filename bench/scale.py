@@ -707,8 +707,9 @@ def write_report(out: Path, results: dict[str, Any]) -> None:
                   "| workers | runs | wall s | MB/s | files/s | speed-up vs 1 | link use | "
                   "via links | "
                   "node | scheduler | workers | origin | harness | machine busy | softirq | "
-                  "steal | others | chunks | chunk s | parallel | gap s | gap share |",
-                  "|" + "---:|" * 22]
+                  "steal | others | chunks | chunk s | parallel | gap s | gap share | "
+                  "workers busy |",
+                  "|" + "---:|" * 23]
         for k, r in rows.items():
             c, mc, d = r.get("cpu_cores", {}), r.get("machine_cores", {}), r.get("dask", {})
             use = r["mb_per_s"] / (int(k) * link_mb) * 100 if r.get("mb_per_s") else None
@@ -723,7 +724,8 @@ def write_report(out: Path, results: dict[str, Any]) -> None:
                      fmt(d.get("tasks"), 0), fmt(d.get("median_compute_s"), 3),
                      fmt(d.get("concurrency"), 1),
                      fmt(d.get("median_gap_s"), 4),
-                     f"{fmt(d['gap_share'] * 100 if d else None, 1)}%"]
+                     f"{fmt(d['gap_share'] * 100 if d else None, 1)}%",
+                     f"{fmt(d['busy_share'] * 100 if d else None, 0)}%"]
             lines.append("| " + " | ".join(str(x) for x in cells) + " |")
         lines += ["", "CPU columns (node … others) are in cores: CPU seconds over the job's "
                   "wall time.", ""]
