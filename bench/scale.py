@@ -783,6 +783,8 @@ def parse_args() -> argparse.Namespace:
         ap.error("--workers needs counts >= 1 and --files >= 1")
     if args.modes is None:
         args.modes = ["dask", "nodes"] if node_has_scheduler_flag() else ["nodes"]
+        if args.modes == ["nodes"]:
+            log("this aisdl's `ais serve` has no --scheduler: measuring the nodes mode only")
     else:
         args.modes = [m.strip() for m in args.modes.split(",") if m.strip()]
         for m in args.modes:
