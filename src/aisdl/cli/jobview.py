@@ -50,6 +50,8 @@ def status_lines(st: dict[str, Any], verbose: bool) -> list[str]:
         lines = [summary_line(st)]
     else:
         lines = [progress_line(st)]
+        if st.get("waiting"):  # e.g. for the Dask scheduler that runs its chunks
+            lines.append(f"Waiting {st['waiting']}")
         if verbose and st.get("current_tasks"):
             lines.append("Progress of files that are currently being downloaded:")
             lines += [f"\t{_task_progress(t)}" for t in st["current_tasks"]]
@@ -66,9 +68,10 @@ def status_lines(st: dict[str, Any], verbose: bool) -> list[str]:
 
 def _task_progress(t: dict[str, Any]) -> str:
     done, total = int(t["downloaded"]), int(t.get("total") or 0)
+    where = f" (on {t['worker']})" if t.get("worker") else ""
     if total <= 0:
-        return f"{t['name']}: {iec(done)}"
-    return f"{t['name']}: {iec(done)}/{iec(total)} ({100 * done / total:.2f}%)"
+        return f"{t['name']}: {iec(done)}{where}"
+    return f"{t['name']}: {iec(done)}/{iec(total)} ({100 * done / total:.2f}%){where}"
 
 
 def job_status_word(st: dict[str, Any]) -> str:

@@ -162,7 +162,7 @@ class DaskPool:
                                config.max_per_host or config.max_connections)
         self.runner = ChunkRunner(self.local, layout, self.slots)  # throttled jobs
         self.client: Any = None
-        self.waiting = False  # the scheduler is gone: chunks wait for it
+        self.waiting = ""  # the scheduler is gone: chunks wait for it
         self.workers: list[str] = []
         self._connected = asyncio.Event()
         self._watches: dict[tuple[str, int], Watch] = {}
@@ -180,12 +180,16 @@ class DaskPool:
 
     async def start(self) -> None:
         try:
-            await self._connect(CONNECT_TIMEOUT)
-        except (OSError, TimeoutError) as err:
-            raise SchedulerUnreachable(
-                f"cannot reach the Dask scheduler at {self.address}: {err}") from err
-        await self._check_mountpaths()
-        await self._take_lease()
+            try:
+                await self._connect(CONNECT_TIMEOUT)
+            except (OSError, TimeoutError) as err:
+                raise SchedulerUnreachable(
+                    f"cannot reach the Dask scheduler at {self.address}: {err}") from err
+            await self._check_mountpaths()
+            await self._take_lease()
+        except BaseException:
+            await self.aclose()  # the node does not start: nothing may be left open
+            raise
 
     async def _take_lease(self) -> None:
         """Chunks run only while this node renews its lease (engine/chunks.py). A node that
@@ -219,7 +223,7 @@ class DaskPool:
         client.subscribe_topic(TOPIC, self._on_progress)
         self.client = client
         self.workers = list(client.scheduler_info().get("workers", {}))
-        self.waiting = False
+        self.waiting = ""
         self._connected.set()
         log.info("sending chunks to the Dask scheduler at %s (%d workers)", self.address,
                  len(self.workers))
@@ -239,11 +243,15 @@ class DaskPool:
                 answers = await self.client.run(read_probe, path, content)
             finally:
                 os.unlink(path)
-            problems += [f"worker {w}: {why}" for w, why in answers.items() if why]
+            problems += [f"worker {self._name(w)}: {why}" for w, why in answers.items() if why]
         self.workers = list(self.client.scheduler_info().get("workers", {}))
         if problems:
             raise AisdlError("Dask workers must see the node's mountpaths at the same paths "
                              "(a shared filesystem): " + "; ".join(problems))
+
+    def _name(self, address: str) -> str:
+        info = self.client.scheduler_info().get("workers", {}).get(address, {})
+        return str(info.get("name") or address)
 
     def _on_progress(self, event: Any) -> None:
         _, message = event
@@ -304,7 +312,8 @@ class DaskPool:
         if self.client is not client or self.waiting:
             return
         log.error("the Dask scheduler at %s is gone (%s); jobs wait for it", self.address, err)
-        self.waiting = True
+        self.waiting = f"for the Dask scheduler at {self.address} (gone; retried every " \
+            f"{RECONNECT_EVERY:.0f} s)"
         self._connected.clear()
         self._reconnecting = asyncio.create_task(self._reconnect(client))
 

@@ -54,6 +54,7 @@ class ChunkPool(Protocol):
 
     budget: ConnectionBudget
     sources: Sources
+    waiting: str  # what every job waits for ("": nothing), as the status says it
 
     @property
     def parallelism(self) -> int:
@@ -195,6 +196,7 @@ class FetchPool:
         self.local = Fetcher(Sources.open(config, config.max_connections), config.retry)
         self.sources = self.local.sources
         self.workers: list[_Worker] = []
+        self.waiting = ""
         per_host = config.max_per_host or config.max_connections
         # The node's connections go to chunks (`budget`); per-host caps and the transfers a
         # new host starts with are shared by the workers (each adapts its own: a chunk runs

@@ -235,7 +235,8 @@ class JobManager:
         if run is not None:
             out["current_tasks"] = [
                 {"name": t.name, "downloaded": str(t.downloaded), "total": str(t.total),
-                 "start_time": rfc3339(t.start_ns), "end_time": rfc3339(0)}
+                 "start_time": rfc3339(t.start_ns), "end_time": rfc3339(0),
+                 **({"worker": t.worker} if t.worker else {})}
                 for t in sorted(run.current.values(), key=lambda t: t.name)]
         if not only_active:
             errors = await self.db.run(lambda c: records.job_errors(c, job_id))
@@ -280,16 +281,18 @@ class JobManager:
         if run is not None:
             c, finished, aborted, dispatched = run.counters, 0, run.aborted, run.all_dispatched
             scheduled = run.scheduled
+            waiting = self._fetcher.waiting if self._fetcher is not None else ""
         else:
             c = Counters(row["finished_cnt"], row["skipped"], row["errors"])
             finished, aborted, dispatched = row["finished"], bool(row["aborted"]), bool(
                 row["all_dispatched"])
             scheduled = c.finished + c.errors
+            waiting = ""
         return {
             "id": row["id"], "xaction_id": row["id"],
             "description": redact_text(row["description"]),  # it may hold a link's password
             "started_time": rfc3339(row["started"]), "finished_time": rfc3339(finished),
             "finished_cnt": c.finished, "scheduled_cnt": scheduled, "skipped_cnt": c.skipped,
             "error_cnt": c.errors, "total": row["total"], "all_dispatched": dispatched,
-            "aborted": aborted,
+            "aborted": aborted, **({"waiting": waiting} if waiting else {}),
         }
