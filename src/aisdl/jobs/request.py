@@ -169,7 +169,11 @@ def base_name(link: str) -> str:
 
 
 def range_name(subdir: str, link: str) -> str:
-    return normalize_object_name(posixpath.join(subdir.strip("/"), base_name(link)).lstrip("/"))
+    """A template item's object name: `subdir/<last element of the link>`, normalized (runs
+    per item of a template: string operations rather than posixpath's)."""
+    base = link.rstrip("/").rpartition("/")[2] or "."
+    folder = subdir.strip("/")
+    return normalize_object_name(f"{folder}/{base}" if folder else base)
 
 
 def parse_start_request(raw: bytes, max_connections: int) -> JobSpec:

@@ -23,6 +23,8 @@ def check_object_name(name: str) -> str:
     Refused: empty names, a trailing or leading `/`, `.`/`..` or empty segments (`a//b` would
     alias `a/b` on disk), a leading `~/`, NUL bytes.
     """
+    if "/" not in name and name not in ("", ".", "..") and "\x00" not in name:
+        return name  # one segment: nothing else to check (the usual template name)
     if (
         not name
         or name.startswith(("/", "~/"))
