@@ -164,55 +164,58 @@ def test_progress_names_the_worker_of_each_file(origin, cluster, tmp_path) -> No
         node.stop()
 
 
-def test_a_worker_killed_mid_job_costs_no_file(origin, cluster, tmp_path) -> None:
-    n = 120
-    add_files(origin, "k", n, 40_000, rate=200_000)
+SLOW_N, SLOW_SIZE = 120, 40_000
+
+
+def slow_job_under_way(origin: Any, cluster: DaskCluster, tmp_path: Path,
+                       prefix: str) -> tuple[Node, str]:
+    """A node on the cluster with a job of SLOW_N files that take ~0.2 s each, some done."""
+    add_files(origin, prefix, SLOW_N, SLOW_SIZE, rate=200_000)
     node = dask_node(tmp_path, cluster)
     node.start()
+    c = node.client()
+    job = start_job(c, origin, prefix, SLOW_N, connections=16)
+    until("some files done", lambda: c.download_status(job)["finished_cnt"] >= 20)
+    return node, job
+
+
+def assert_done_once(origin: Any, node: Node, job: str, prefix: str, placed: set[str]) -> None:
+    """The job ended with every file, each stored whole; what was in place at the fault was
+    never fetched again."""
+    st = wait_job(node.client(), job, timeout=180)
+    assert (st["finished_cnt"], st["error_cnt"]) == (SLOW_N, 0)
+    assert "waiting" not in st
+    assert_objects(node, prefix, SLOW_N, SLOW_SIZE)
+    assert not {f"/{prefix}/{name}" for name in placed} & set(
+        fetched_twice(origin, f"/{prefix}/"))
+
+
+def test_a_worker_killed_mid_job_costs_no_file(origin, cluster, tmp_path) -> None:
+    node, job = slow_job_under_way(origin, cluster, tmp_path, "k")
     try:
-        c = node.client()
-        job = start_job(c, origin, "k", n, connections=16)
-        until("some files done", lambda: c.download_status(job)["finished_cnt"] >= 20)
         os.kill(cluster.worker_pid("w0"), signal.SIGKILL)
         placed = objects_on_disk(node.home, "d")
-        st = wait_job(c, job, timeout=120)
-        assert (st["finished_cnt"], st["error_cnt"]) == (n, 0)
-        assert_objects(node, "k", n, 40_000)
-        # its chunks ran again elsewhere; what it had placed was taken from their journals
-        assert not {f"/k/{name}" for name in placed} & set(fetched_twice(origin, "/k/"))
+        # its chunks run again elsewhere, taking what it had placed from their journals
+        assert_done_once(origin, node, job, "k", placed)
     finally:
         node.stop()
 
 
 def test_the_node_killed_mid_job_resumes_on_the_workers(origin, cluster, tmp_path) -> None:
-    n = 120
-    add_files(origin, "n", n, 40_000, rate=200_000)
-    node = dask_node(tmp_path, cluster)
-    node.start()
-    c = node.client()
-    job = start_job(c, origin, "n", n, connections=16)
-    until("some files done", lambda: c.download_status(job)["finished_cnt"] >= 20)
+    node, job = slow_job_under_way(origin, cluster, tmp_path, "n")
     node.kill9()
     placed = objects_on_disk(node.home, "d")
     node.start()
     try:
-        st = wait_job(node.client(), job, timeout=120)
-        assert (st["finished_cnt"], st["error_cnt"]) == (n, 0)
-        assert_objects(node, "n", n, 40_000)
-        assert not {f"/n/{name}" for name in placed} & set(fetched_twice(origin, "/n/"))
+        assert_done_once(origin, node, job, "n", placed)
     finally:
         node.stop()
 
 
 def test_jobs_wait_for_a_restarted_scheduler(origin, cluster, tmp_path) -> None:
-    n = 120
-    add_files(origin, "s", n, 40_000, rate=200_000)
-    node = dask_node(tmp_path, cluster)
-    node.start()
+    node, job = slow_job_under_way(origin, cluster, tmp_path, "s")
     try:
         c = node.client()
-        job = start_job(c, origin, "s", n, connections=16)
-        until("some files done", lambda: c.download_status(job)["finished_cnt"] >= 20)
         assert cluster.scheduler is not None
         cluster.scheduler.send_signal(signal.SIGKILL)
         cluster.scheduler.wait(10)
@@ -226,10 +229,7 @@ def test_jobs_wait_for_a_restarted_scheduler(origin, cluster, tmp_path) -> None:
         cluster.start_scheduler()
         for name in list(cluster.workers):
             cluster.add_worker(name)
-        st = wait_job(c, job, timeout=180)
-        assert (st["finished_cnt"], st["error_cnt"]) == (n, 0)
-        assert "waiting" not in st
-        assert_objects(node, "s", n, 40_000)
+        assert_done_once(origin, node, job, "s", set())
     finally:
         node.stop()
 
