@@ -140,6 +140,7 @@ class Watch:
         self.rows: list[Row] = []
         self.in_flight: dict[int, InFlight] = {}
         self.discard = False
+        self.problem = ""     # why the chunk stopped before its end (its runner's bug)
         self.changed = False  # progress not yet reported (worker side)
         self.sent = 0         # rows reported so far (worker side)
         self.taken = 0        # rows handed to the job's records so far (node side)
@@ -277,7 +278,14 @@ class ChunkRunner:
         try:
             # One run of a chunk at a time (a run thought lost may still be going on another
             # worker); then what an earlier run placed is done.
-            await journal.lock()
+            try:
+                await journal.lock()
+            except OSError as err:  # a full disk: nothing can be placed safely
+                now = time.time_ns()
+                watch.rows.extend(Row(i.index, i.name, now, now, error="cannot write the "
+                                      f"object: no room for its journal: {err.strerror or err}")
+                                  for i in chunk.items)
+                return
             wanted = {i.index for i in chunk.items}
             placed = [r for r in placed_rows(self.layout, chunk.bck, chunk.job, path)
                       if r.index in wanted]

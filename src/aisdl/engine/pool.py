@@ -173,6 +173,7 @@ class _Worker:
         watch.rows.extend(RESULT_DECODER.decode(message[2]).rows)
         watch.in_flight = {}
         if message[3]:
+            watch.problem = message[3]
             log.error("fetch worker %d: chunk %d of job %s: %s", self.proc.pid, watch.chunk.id,
                       watch.chunk.job, message[3])
         if not fut.done():

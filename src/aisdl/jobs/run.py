@@ -298,8 +298,9 @@ class JobRun:
         if complete and len(watch.rows) < len(watch.items):
             seen = {r.index for r in watch.rows}
             now = time.time_ns()
-            watch.rows.extend(Row(i.index, i.name, now, now, error=problem or "internal error: the"
-                            " fetch worker gave no outcome; see the node's log")
+            watch.rows.extend(Row(i.index, i.name, now, now, error=problem or watch.problem or
+                                  "internal error: the fetch worker gave no outcome; see the"
+                                  " node's log")
                         for i in watch.items if i.index not in seen)
         self._add(watch.new_rows())
         self._journals.append(journal_file(self.store.layout, self.id, watch.chunk.id))
