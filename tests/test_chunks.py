@@ -16,16 +16,17 @@ from aisdl.store.layout import Layout
 BCK = Bucket("ais", "b")
 
 
-def test_the_first_chunk_is_one_item_and_sizes_double_to_the_cap() -> None:
+def test_the_first_chunk_is_one_item_then_a_lanes_transfers_doubling_to_the_cap() -> None:
     sizer = ChunkSizer(conns=16)
-    sizes = [sizer.next() for _ in range(12)]
-    assert sizes[:9] == [1, 2, 4, 8, 16, 32, 64, 128, 256]
-    assert sizes[9:] == [MAX_CHUNK] * 3
+    sizes = [sizer.next() for _ in range(8)]
+    assert sizes == [1, 16, 32, 64, 128, 256, MAX_CHUNK, MAX_CHUNK]
 
 
-def test_every_lane_starts_with_one_item_and_sizes_double_per_round_of_lanes() -> None:
+def test_chunks_double_per_round_of_lanes() -> None:
     sizer = ChunkSizer(conns=1, lanes=4)
-    assert [sizer.next() for _ in range(12)] == [1] * 4 + [2] * 4 + [4] * 4
+    assert [sizer.next() for _ in range(13)] == [1] + [1] * 4 + [2] * 4 + [4] * 4
+    sizer = ChunkSizer(conns=16, lanes=4)
+    assert [sizer.next() for _ in range(9)] == [1] + [16] * 4 + [32] * 4
 
 
 @pytest.mark.parametrize(("size", "conns", "expected"), [

@@ -55,18 +55,18 @@ ChunkQueue = asyncio.Queue[list[ChunkItem] | None]
 
 
 class ChunkSizer:
-    """How many items the next chunk gets: one for each lane at first (so the first object is
-    in place at once, and a small job keeps all its connections busy), doubling per round of
-    lanes up to MAX_CHUNK; for big files about CHUNK_BYTES worth, but never fewer than the
-    transfers a chunk runs at once."""
+    """How many items the next chunk gets: one for the very first (so the first object is in
+    place at once), then the transfers a lane runs at once (every connection busy from the
+    start), doubling per round of lanes up to MAX_CHUNK; for big files about CHUNK_BYTES worth,
+    but never fewer than the transfers a chunk runs at once."""
 
     def __init__(self, conns: int, lanes: int = 1) -> None:
-        self.conns, self.lanes = conns, max(1, lanes)
+        self.conns, self.lanes = max(1, conns), max(1, lanes)
         self.chunks, self.files, self.bytes = 0, 0, 0
 
     def next(self) -> int:
-        n = MAX_CHUNK if self.chunks >= 16 * self.lanes else min(
-            MAX_CHUNK, 1 << (self.chunks // self.lanes))
+        rounds = (self.chunks - 1) // self.lanes
+        n = 1 if self.chunks == 0 else min(MAX_CHUNK, self.conns << min(rounds, 16))
         self.chunks += 1
         if self.files:
             n = min(n, max(self.conns, CHUNK_BYTES * self.files // max(1, self.bytes)))
