@@ -414,3 +414,18 @@ def test_a_fast_server_gets_the_full_concurrency(node16, fast_server):
     assert (status["finished_cnt"], status["error_cnt"]) == (600, 0), status
     assert fast_server.refused == 0
     assert fast_server.most >= 15, fast_server.most  # grew from 8 to the node's 16
+
+
+def test_processes_that_share_a_host_halve_their_limits_together() -> None:
+    """Two fetch processes on one small host: an overload seen by one halves both (else each
+    probes the host on its own and together they overload it twice as often)."""
+    first, second = FairSlots(total=64, per_host=64), FairSlots(total=64, per_host=64)
+    first.on_back_off = second.back_off_host
+
+    async def overload() -> tuple[int, int]:
+        ticket = await first.acquire("job", "http://h")
+        first.strained(ticket)
+        first.strained(ticket)  # the same transfer again: one halving, one message
+        return first.host("http://h").allowed, second.host("http://h").allowed
+
+    assert asyncio.run(overload()) == (4, 4)

@@ -116,6 +116,9 @@ class FairSlots:
         self._served: dict[Hashable, int] = {}
         self._turns = itertools.count()
         self._clock = clock
+        # Told when a host's limit halves here: processes that share a host halve together,
+        # or each would probe the host on its own (twice the overload for two of them).
+        self.on_back_off: Callable[[str], None] | None = None
 
     def __repr__(self) -> str:
         return (f"<FairSlots {self.used}/{self.total} jobs={len(self.held)} "
@@ -156,9 +159,18 @@ class FairSlots:
         """The transfer holding `ticket` showed that its host is overloaded."""
         ticket.strained = True
         limit = self.hosts[ticket.host]
+        epoch = limit.epoch
         if limit.back_off(ticket.epoch):  # said once per new low: a few lines per host at most
             log.info("%s shows overload (refused or reset connections, dropped SYNs, 503 or "
                      "429): at most %d transfers at once from it", ticket.host, limit.allowed)
+        if limit.epoch != epoch and self.on_back_off is not None:
+            self.on_back_off(ticket.host)
+
+    def back_off_host(self, host: str) -> None:
+        """Another process fetching from `host` saw it overloaded: halve here too (once: the
+        transfers running here began in the epoch this ends)."""
+        limit = self.host(host)
+        limit.back_off(limit.epoch)
 
     def release(self, ticket: Ticket) -> None:
         self.used -= 1

@@ -14,6 +14,7 @@ import math
 import os
 import sys
 import time
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import msgspec
@@ -77,9 +78,11 @@ class WorkerSettings(msgspec.Struct, frozen=True):
 class _Worker:
     """One worker process and the chunks it runs for us."""
 
-    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+    def __init__(self, proc: asyncio.subprocess.Process,
+                 on_strained: Callable[[_Worker, str], None]) -> None:
         assert proc.stdin is not None and proc.stdout is not None
         self.proc = proc
+        self.on_strained = on_strained  # it halved its limit of a host: the others should too
         self.outbox = Outbox(proc.stdin.write)
         self.calls: dict[int, tuple[asyncio.Future[Any], Watch]] = {}
         self.items = 0  # items of the chunks it runs: its load
@@ -91,11 +94,12 @@ class _Worker:
         self._reader = asyncio.create_task(self._read(proc.stdout))
 
     @classmethod
-    async def spawn(cls, config: NodeConfig, settings: WorkerSettings) -> _Worker:
+    async def spawn(cls, config: NodeConfig, settings: WorkerSettings,
+                    on_strained: Callable[[_Worker, str], None]) -> _Worker:
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "aisdl.engine.worker", env={**os.environ, **MALLOC_ENV},
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE)
-        worker = cls(proc)
+        worker = cls(proc, on_strained)
         worker.outbox.put((config, settings))
         # A node is ready when its workers are (no job waits on their imports); a worker that
         # is merely slow to start on a loaded machine is used when it gets there.
@@ -159,6 +163,9 @@ class _Worker:
         if kind == "ready":
             self.ready.set_result(None)
             return
+        if kind == "strained":
+            self.on_strained(self, message[2])
+            return
         if kind == "progress":
             call = self.calls.get(rid)
             if call:
@@ -218,7 +225,12 @@ class FetchPool:
 
     async def start(self) -> None:
         self.workers = list(await asyncio.gather(
-            *(_Worker.spawn(self.config, self._settings) for _ in range(self.procs))))
+            *(_Worker.spawn(self.config, self._settings, self._relay) for _ in range(self.procs))))
+
+    def _relay(self, source: _Worker, host: str) -> None:
+        for w in self.workers:
+            if w is not source and w.alive:
+                w.outbox.put(("back_off", None, host))
 
     async def run_chunk(self, watch: Watch, throttle: TokenBucket | None = None) -> None:
         """Run a chunk on a worker (in this process when throttled or without workers); its
@@ -264,7 +276,8 @@ class FetchPool:
                                       "fetching in the node process from now on")
                             self.workers = []
                             break
-                        self.workers[i] = await _Worker.spawn(self.config, self._settings)
+                        self.workers[i] = await _Worker.spawn(self.config, self._settings,
+                                                              self._relay)
         return min(self.workers, key=lambda w: w.items) if self.workers else None
 
     async def aclose(self) -> None:

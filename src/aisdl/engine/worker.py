@@ -46,6 +46,8 @@ class Worker:
         if kind == "chunk":
             watch = Watch(CHUNK_DECODER.decode(message[2]))
             self.tasks[rid] = (asyncio.create_task(self._run(rid, watch)), watch)
+        elif kind == "back_off":  # another worker saw this host overloaded
+            self.runner.slots.back_off_host(message[2])
         elif kind == "cancel" and rid in self.tasks:
             task, watch = self.tasks[rid]
             watch.discard = message[2]
@@ -87,6 +89,7 @@ async def serve(channel: int) -> None:
     config, settings = first[0]  # the node's settings come first, chunks may follow
     fetcher = Fetcher(Sources.open(config, settings.connections), config.retry)
     slots = FairSlots(settings.connections, settings.per_host, settings.host_start)
+    slots.on_back_off = lambda host: outbox.put(("strained", None, host))
     worker = Worker(ChunkRunner(fetcher, Layout(settings.mountpaths), slots), outbox)
     outbox.put(("ready", None))
     ticker = asyncio.create_task(worker.report_progress())
