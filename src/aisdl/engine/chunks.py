@@ -30,12 +30,14 @@ from pathlib import Path
 
 import msgspec
 
+from aisdl.config import NodeConfig
 from aisdl.engine.fetch import Fetcher, FetchRequest, discard
-from aisdl.engine.hostlimit import host_of
+from aisdl.engine.hostlimit import START, host_of
 from aisdl.engine.limits import FairSlots, Ticket, TokenBucket
 from aisdl.errors import AisdlError, SourceError
 from aisdl.models import Bucket
 from aisdl.sources.base import SourceObject
+from aisdl.sources.registry import Sources
 from aisdl.store.layout import Layout
 from aisdl.store.paths import check_object_name
 
@@ -267,6 +269,18 @@ class ChunkRunner:
 
     def __init__(self, fetcher: Fetcher, layout: Layout, slots: FairSlots) -> None:
         self.fetcher, self.layout, self.slots = fetcher, layout, slots
+
+    @classmethod
+    def open(cls, config: NodeConfig, layout: Layout, per_host: int = 0,
+             host_start: int = START) -> ChunkRunner:
+        """The runner of this process (the node, a fetch process, a Dask worker): sources of
+        its own for the node's connections (the chunks bring their share of them), and
+        `per_host` transfers at most per host (0: the node's cap)."""
+        c = config
+        fetcher = Fetcher(Sources.open(c, c.max_connections), c.retry)
+        slots = FairSlots(c.max_connections, per_host or c.max_per_host or c.max_connections,
+                          host_start)
+        return cls(fetcher, layout, slots)
 
     async def run(self, watch: Watch, throttle: TokenBucket | None = None) -> None:
         """Run `watch.chunk`, appending a row per item to `watch.rows` as each ends. Cancelled,

@@ -43,10 +43,8 @@ from aisdl.engine.chunks import (
     Watch,
     lease_holder,
 )
-from aisdl.engine.fetch import Fetcher
-from aisdl.engine.limits import ConnectionBudget, FairSlots, TokenBucket
+from aisdl.engine.limits import ConnectionBudget, TokenBucket
 from aisdl.errors import AisdlError
-from aisdl.sources.registry import Sources
 from aisdl.store.layout import WORK_DIR, Layout
 
 log = logging.getLogger("aisdl.engine")
@@ -70,10 +68,7 @@ class _WorkerState:
 
     def chunk_runner(self) -> ChunkRunner:
         if self.runner is None:  # on the worker's event loop: its sources belong to it
-            c = self.config
-            fetcher = Fetcher(Sources.open(c, c.max_connections), c.retry)
-            slots = FairSlots(c.max_connections, c.max_per_host or c.max_connections)
-            self.runner = ChunkRunner(fetcher, Layout(self.mountpaths), slots)
+            self.runner = ChunkRunner.open(self.config, Layout(self.mountpaths))
         return self.runner
 
 
@@ -155,12 +150,9 @@ class DaskPool:
 
     def __init__(self, config: NodeConfig, address: str, layout: Layout) -> None:
         self.config, self.address, self.layout = config, address, layout
-        self.local = Fetcher(Sources.open(config, config.max_connections), config.retry)
-        self.sources = self.local.sources
+        self.runner = ChunkRunner.open(config, layout)  # throttled jobs
+        self.sources = self.runner.fetcher.sources
         self.budget = ConnectionBudget(config.max_connections)
-        self.slots = FairSlots(config.max_connections,
-                               config.max_per_host or config.max_connections)
-        self.runner = ChunkRunner(self.local, layout, self.slots)  # throttled jobs
         self.client: Any = None
         self.waiting = ""  # the scheduler is gone: chunks wait for it
         self.workers: list[str] = []

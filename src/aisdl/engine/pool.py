@@ -27,10 +27,9 @@ from aisdl.engine.chunks import (
     ChunkRunner,
     Watch,
 )
-from aisdl.engine.fetch import Fetcher
 from aisdl.engine.hostlimit import START
 from aisdl.engine.ipc import Outbox, receive
-from aisdl.engine.limits import ConnectionBudget, FairSlots, TokenBucket
+from aisdl.engine.limits import ConnectionBudget, TokenBucket
 from aisdl.sources.registry import Sources
 from aisdl.store.layout import Layout
 
@@ -69,7 +68,6 @@ class ChunkPool(Protocol):
 class WorkerSettings(msgspec.Struct, frozen=True):
     """What a worker process is told first: the node's settings and its share of them."""
 
-    connections: int    # the node's --max-conns (chunks bring their share of it)
     per_host: int       # its share of the per-host cap
     host_start: int     # its share of the transfers a new host starts with
     mountpaths: list[str]
@@ -201,8 +199,8 @@ class _Worker:
 class FetchPool:
     def __init__(self, config: NodeConfig, procs: int, layout: Layout) -> None:
         self.config, self.procs, self.layout = config, procs, layout
-        self.local = Fetcher(Sources.open(config, config.max_connections), config.retry)
-        self.sources = self.local.sources
+        self.runner = ChunkRunner.open(config, layout)  # throttled jobs, or no workers
+        self.sources = self.runner.fetcher.sources
         self.workers: list[_Worker] = []
         self.waiting = ""
         per_host = config.max_per_host or config.max_connections
@@ -212,10 +210,7 @@ class FetchPool:
         n = max(1, procs)
         self.budget = ConnectionBudget(config.max_connections)
         self._settings = WorkerSettings(
-            config.max_connections, math.ceil(per_host / n), math.ceil(START / n),
-            list(layout.mountpaths))
-        self.slots = FairSlots(config.max_connections, per_host)
-        self.runner = ChunkRunner(self.local, layout, self.slots)
+            math.ceil(per_host / n), math.ceil(START / n), list(layout.mountpaths))
         self._respawn = asyncio.Lock()
         self._early_deaths = 0
 

@@ -22,11 +22,8 @@ from aisdl.engine.chunks import (
     Watch,
     describe,
 )
-from aisdl.engine.fetch import Fetcher
 from aisdl.engine.ipc import Outbox, receive
-from aisdl.engine.limits import FairSlots
 from aisdl.node import setup_logging
-from aisdl.sources.registry import Sources
 from aisdl.store.layout import Layout
 
 log = logging.getLogger("aisdl.worker")
@@ -87,10 +84,10 @@ async def serve(channel: int) -> None:
     outbox = Outbox(transport.write)
     first = await receive(reader)
     config, settings = first[0]  # the node's settings come first, chunks may follow
-    fetcher = Fetcher(Sources.open(config, settings.connections), config.retry)
-    slots = FairSlots(settings.connections, settings.per_host, settings.host_start)
-    slots.on_back_off = lambda host: outbox.put(("strained", None, host))
-    worker = Worker(ChunkRunner(fetcher, Layout(settings.mountpaths), slots), outbox)
+    runner = ChunkRunner.open(config, Layout(settings.mountpaths), settings.per_host,
+                              settings.host_start)
+    runner.slots.on_back_off = lambda host: outbox.put(("strained", None, host))
+    worker = Worker(runner, outbox)
     outbox.put(("ready", None))
     ticker = asyncio.create_task(worker.report_progress())
     messages = first[1:]
