@@ -201,6 +201,31 @@ async def test_one_batch_sees_its_own_commits(store: Store, db: Database) -> Non
     assert store.object_path(B, "x").read_bytes() == b"x"
 
 
+@pytest.mark.parametrize("mountpaths", [1, 2])
+async def test_recorded_downloads_get_the_next_version(db: Database, tmp_path: Path,
+                                                       mountpaths: int) -> None:
+    """Objects a worker placed get version 1, then one more per overwrite (twice in one batch
+    too), whether SQLite computes it (one mountpath) or the catalog view (several); none when
+    the bucket's versioning is off."""
+    store = Store(db, [tmp_path / f"mp{i}" for i in range(mountpaths)], "node1")
+    await store.create_bucket(B)
+    off = Bucket("ais", "off")
+    await store.create_bucket(off, {"versioning": {"enabled": False}})
+    await put(store, "put", b"0")
+    await put(store, "odd", b"0")
+    await db.run(lambda c: c.execute("UPDATE objects SET version = 'v7' WHERE name = 'odd'"))
+    for bck in (B, off):
+        await db.run(lambda c, b=bck: store.record_placed(
+            c, b, [(n, 1, "ck", '{"source":"s"}', 5) for n in ["a", "b", "b", "put", "odd"]]))
+        await db.run(lambda c, b=bck: store.record_placed(c, b, [("a", 2, "ck2", "{}", 6)]))
+    got = {n: await store.lookup(B, n) for n in ["a", "b", "put", "odd"]}
+    assert {n: a.version for n, a in got.items() if a} == {"a": "2", "b": "2", "put": "2",
+                                                           "odd": "1"}
+    a = got["a"]
+    assert a is not None and (a.size, a.cksum, a.atime_ns, a.custom) == (2, "ck2", 6, {})
+    assert {(await store.lookup(off, n) or a).version for n in ["a", "b"]} == {""}
+
+
 async def test_too_long_name_is_a_bad_request(store: Store) -> None:
     with pytest.raises(BadRequest, match="too long"):
         await put(store, "d/" + "a" * 300, b"1")

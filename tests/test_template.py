@@ -8,7 +8,9 @@ import random
 import pytest
 
 from aisdl.errors import BadRequest
+from aisdl.jobs.request import JobSpec, range_name, with_scheme
 from aisdl.jobs.template import MAX_NAMES, RangeTemplate, has_template
+from aisdl.models import Bucket
 
 EXAMPLE = "(expecting e.g. 'prefix-{0001..0010..1}-suffix')"
 
@@ -172,3 +174,34 @@ def test_has_template() -> None:
 def test_any_brace_makes_a_template(source: str) -> None:
     """So an unterminated range is refused as one, not fetched as a literal object name."""
     assert has_template(source)
+
+
+# -- a range job's items: names made from a template of names agree with `range_name` -----------
+def _slow_entries(spec: JobSpec, start: int) -> list[tuple[int, str, str, str]]:
+    out = []
+    for i, link in enumerate(RangeTemplate(spec.template).iter_from(start), start):
+        try:
+            out.append((i, range_name(spec.subdir, link), with_scheme(link), ""))
+        except BadRequest as exc:
+            out.append((i, "", with_scheme(link), exc.message))
+    return out
+
+
+@pytest.mark.parametrize(("template", "subdir"), [
+    ("http://h/d/f{0..120}.bin", ""),
+    ("http://h/d/f{0..12}-{7..9..2}.tar", "sub/dir/"),
+    ("h:8080/a/{001..030}", "/x"),               # no scheme: fetched over http
+    ("http://h/d/{0..9}x{0..3}", "a b"),          # a space: names normalized one by one
+    ("http://h/d/f%41{0..9}", ""),                # an escape: decoded per name
+    ("http://h/d/{0..9}/", ""),                   # trailing slash: the element before it
+    ("http://h/d/x{0..9}/y{0..3}", "s"),          # ranges in two path elements
+    ("http://h/d/f{0..9}?q=1", ""),               # a query is not part of the name
+    ("http://h/d/..{0..3}", "../up"),             # refused names stay errors, per item
+    ("http://h/d/{0..3}", "~"),
+])
+def test_entries_name_like_range_name(template: str, subdir: str) -> None:
+    spec = JobSpec(kind="range", bucket=Bucket("ais", "b"), description="", template=template,
+                   subdir=subdir)
+    for start in (0, 3):
+        got = [(i, n if not e else "", lk, e) for i, n, lk, e, _ in spec.entries(start)]
+        assert got == _slow_entries(spec, start)

@@ -90,10 +90,10 @@ class Fetcher:
 
     async def fetch(self, req: FetchRequest, events: FetchEvents) -> Fetched:
         failures = attempts = 0
-        furthest = _size(req.work)  # the most bytes the work file has held in this fetch
+        size = furthest = _size(req.work)  # furthest: the most bytes the work file has held
         while True:
             try:
-                return await self._attempt(req, events, _size(req.work))
+                return await self._attempt(req, events, size)
             except SourceError as err:
                 attempts += 1
                 if overloaded(err):
@@ -110,7 +110,7 @@ class Fetcher:
                 delay = backoff_delay(self.policy, failures, err)
                 log.info("retrying %s in %.2fs: %s", req.link, delay, err.message)
                 failures += 1
-                await asyncio.sleep(delay)
+                await asyncio.sleep(delay)  # then resume from `size`, as the disk has it
 
     async def _attempt(self, req: FetchRequest, events: FetchEvents, size: int) -> Fetched:
         start, if_range = _resume_point(req, size)

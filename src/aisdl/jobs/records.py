@@ -3,6 +3,7 @@ Every function runs inside a `Database.run` transaction."""
 
 from __future__ import annotations
 
+import bisect
 import json
 import sqlite3
 from collections.abc import Iterable
@@ -28,11 +29,19 @@ class Cursor:
     low: int = 0
     above: set[int] = field(default_factory=set)
 
-    def mark(self, index: int) -> None:
-        self.above.add(index)
-        while self.low in self.above:
-            self.above.remove(self.low)
-            self.low += 1
+    def mark_all(self, indexes: list[int]) -> None:
+        """These items are done. The new low is found by a binary search over the sorted
+        indexes above it, not one step per index (a job marks every file it ends)."""
+        above = self.above
+        above.update(indexes)
+        if self.low not in above:
+            return
+        ordered = sorted(above)
+        ordered = ordered[bisect.bisect_left(ordered, self.low):]  # below it: done already
+        # Distinct, so ordered[k] - k only grows; it is `low` while the indexes are contiguous
+        run = bisect.bisect_right(range(len(ordered)), 0, key=lambda k: ordered[k] - k - self.low)
+        self.low += run
+        self.above = set(ordered[run:])
 
     def done(self, index: int) -> bool:
         return index < self.low or index in self.above

@@ -3,6 +3,7 @@ stream of (index, object name, link) items it describes."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import posixpath
@@ -46,6 +47,13 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 # RFC 9110: a field name is a token; a value may hold tabs and visible or non-ASCII characters.
 _HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 _HEADER_VALUE_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+
+
+# A template's names that need no normalizing: plain segments, ranges in the last one.
+_PLAIN_NAME = re.compile(r"[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*")
+# An item of a job as its stream makes it: index, object name, link, why it cannot be
+# downloaded (its name is refused), validators from a bucket listing (backend jobs)
+Entry = tuple[int, str, str, str, SourceObject | None]
 
 
 @dataclass(frozen=True)
@@ -92,24 +100,53 @@ class JobSpec:
             return -1
         return len(RangeTemplate(self.template))
 
-    def items(self, start: int = 0) -> Iterator[Item]:
-        """Items from index `start` on, produced lazily (a range is never expanded in memory)."""
+    def entries(self, start: int = 0) -> Iterator[Entry]:
+        """The job's items from index `start` on, produced lazily (a range is never expanded in
+        memory), as plain tuples: a template makes millions of them."""
         if self.kind == "backend":
             raise ValueError("backend jobs list their items asynchronously (jobs.listing)")
         if self.kind == "single":
             if start == 0:
-                yield Item(0, self.object_name, self.link)
+                yield 0, self.object_name, self.link, "", None
         elif self.kind == "multi":
             for i in range(start, len(self.objects)):
-                yield Item(i, *self.objects[i])
+                name, link = self.objects[i]
+                yield i, name, link, "", None
         else:
-            for i, link in enumerate(RangeTemplate(self.template).iter_from(start), start):
+            links = RangeTemplate(with_scheme(self.template)).iter_from(start)
+            names = self._plain_names()
+            if names is not None:  # names made at C speed, as the links are
+                yield from zip(itertools.count(start), names.iter_from(start), links,
+                               itertools.repeat(""), itertools.repeat(None))
+                return
+            for i, link in enumerate(links, start):
                 try:
                     name, error = range_name(self.subdir, link), ""
                 except BadRequest as exc:  # only the first name is checked up front
                     name = posixpath.join(self.subdir.strip("/"), base_name(link)).lstrip("/")
                     error = exc.message
-                yield Item(i, name, with_scheme(link), error=error)
+                yield i, name, link, error, None
+
+    def _plain_names(self) -> RangeTemplate | None:
+        """The template of the object names, when every name is plain (letters, digits and
+        `._~-/`) and valid by construction: the links' last element, ranges and all, under the
+        subdir. Then no name needs normalizing. None when the names need `range_name`."""
+        template = self.template
+        tmpl = RangeTemplate(template)
+        cut = tmpl.prefix.rfind("/")
+        tail = template[cut + 1:]
+        folder = self.subdir.strip("/")
+        literal = re.sub(r"\{[^}]*\}", "0", tail)
+        if "/" in tail or not _PLAIN_NAME.fullmatch(f"{folder}/{literal}" if folder else literal):
+            return None
+        names = RangeTemplate(f"{folder}/{tail}" if folder else tail)
+        for index in {0, tmpl.count - 1}:  # the same names as `range_name`, or not used
+            try:
+                if names.name_at(index) != range_name(self.subdir, tmpl.name_at(index)):
+                    return None
+            except BadRequest:
+                return None
+        return names
 
     def to_json(self) -> str:
         """The normalized request, stored with the job so it can resume after a restart."""

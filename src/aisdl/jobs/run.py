@@ -14,7 +14,7 @@ import sqlite3
 import threading
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TypeVar
 
@@ -35,7 +35,7 @@ from aisdl.errors import AisdlError, DatabaseRefused, SourceError
 from aisdl.jobs import records
 from aisdl.jobs.listing import backend_items, source_link
 from aisdl.jobs.records import RECENT_TASKS, Counters, Cursor, TaskRow
-from aisdl.jobs.request import Item, JobSpec
+from aisdl.jobs.request import Entry, Item, JobSpec
 from aisdl.store.store import Store
 
 log = logging.getLogger("aisdl.jobs")
@@ -211,16 +211,28 @@ class JobRun:
         await self._patiently(self._flush)
 
     async def _produce(self, queue: ChunkQueue) -> None:
-        batch: list[Item] = []
+        if self.spec.kind == "backend":
+            await self._produce_listed(queue)
+            return
+        entries = self.spec.entries(start=self.cursor.low)
+        while batch := list(itertools.islice(entries, self._sizer.next())):
+            done = self.cursor.done
+            await self._dispatch([e for e in batch if not done(e[0])], queue)
+        self.all_dispatched = True
+
+    async def _produce_listed(self, queue: ChunkQueue) -> None:
+        """A backend job's items, as its source bucket's listing yields them."""
+        batch: list[Entry] = []
         want = self._sizer.next()
+        cloud = self.fetcher.sources.cloud
         try:
-            async for item in self._items():
+            async for item in backend_items(self.spec, cloud, self.store, self.cursor.low):
                 if self.cursor.done(item.index):
                     continue
                 if item.evict:  # sync: the source no longer has it
                     self._batch.append(await self._evict(item))
                     continue
-                batch.append(item)
+                batch.append((item.index, item.name, item.link, item.error, item.listed))
                 if len(batch) >= want:
                     await self._dispatch(batch, queue)
                     batch, want = [], self._sizer.next()
@@ -231,18 +243,22 @@ class JobRun:
         await self._dispatch(batch, queue)
         self.all_dispatched = True
 
-    async def _dispatch(self, batch: list[Item], queue: ChunkQueue) -> None:
+    async def _dispatch(self, batch: list[Entry], queue: ChunkQueue) -> None:
         """Hand items to the lanes with what we already store of each (one query a chunk)."""
         if not batch:
             return
-        stored = await self.store.lookup_many(
-            self.spec.bucket, [i.name for i in batch if not i.error])
+        stored = await self.store.lookup_many(self.spec.bucket,
+                                              [e[1] for e in batch if not e[3]])
+        if not stored:  # the usual first download: nothing to look up per item
+            await queue.put([ChunkItem(i, name, link, None, listed, error)
+                             for i, name, link, error, listed in batch])
+            return
         items = []
-        for i in batch:
-            have = stored.get(i.name)
-            items.append(ChunkItem(i.index, i.name, i.link,
+        for i, name, link, error, listed in batch:
+            have = stored.get(name)
+            items.append(ChunkItem(i, name, link,
                                    have.custom if have is not None and have.custom else None,
-                                   i.listed, i.error))
+                                   listed, error))
         await queue.put(items)
 
     async def _evict(self, item: Item) -> Row:
@@ -253,15 +269,6 @@ class JobRun:
             row.error = err.message
         row.end_ns = time.time_ns()
         return row
-
-    async def _items(self) -> AsyncIterator[Item]:
-        if self.spec.kind == "backend":
-            cloud = self.fetcher.sources.cloud
-            async for item in backend_items(self.spec, cloud, self.store, self.cursor.low):
-                yield item
-        else:
-            for item in self.spec.items(start=self.cursor.low):
-                yield item
 
     async def _lane(self, queue: ChunkQueue, conns: int) -> None:
         """Runs chunks one after another with `conns` transfers at once (its share of the
@@ -432,7 +439,8 @@ class JobRun:
         for i, message in refused.items():  # final, also if the batch is tried again
             placed[i].placed, placed[i].error = False, message
         errors, tasks = [], []
-        new = [(o.name, o.downloaded, o.total, o.start_ns, o.end_ns) for o in batch]
+        new = [(o.name, o.downloaded, o.total, o.start_ns, o.end_ns)
+               for o in batch[-RECENT_TASKS:]]  # only so many are ever shown
         # The recent finished tasks (what `-v` shows) are written once a second, not per file:
         # on a small-file job they were a row per object and a trim, a fifth of this work.
         due = self._save_tasks or time.monotonic() - self._tasks_at >= TASKS_EVERY
@@ -445,8 +453,7 @@ class JobRun:
             else:
                 counters.finished += 1
                 counters.skipped += o.skipped
-            if o.index >= 0:  # -1: an error of the job itself (its listing)
-                cursor.mark(o.index)
+        cursor.mark_all([o.index for o in batch if o.index >= 0])  # -1: the job's own error
         records.save_progress(conn, self.id, counters, cursor, errors, tasks)
         return counters, cursor, [] if due else new
 

@@ -32,14 +32,10 @@ class CatalogView:
     """Kept up to date as the batch commits: a name may come twice in a batch, or be the parent
     of another one."""
 
-    def __init__(self, conn: sqlite3.Connection, bck: Bucket, names: Iterable[str], *,
-                 clashes: bool = True) -> None:
-        """`clashes=False`: the caller only needs versions (objects placed on a single
-        mountpath, whose disk has already refused what would clash)."""
-        self.bck, self.clashes = bck, clashes
+    def __init__(self, conn: sqlite3.Connection, bck: Bucket, names: Iterable[str]) -> None:
+        self.bck = bck
         wanted = list(dict.fromkeys(names))
-        asked = list(dict.fromkeys([*wanted, *(p for n in wanted for p in _parents(n))])) \
-            if clashes else wanted
+        asked = list(dict.fromkeys([*wanted, *(p for n in wanted for p in _parents(n))]))
         self._versions: dict[str, str] = {}  # objects among the names and their parents
         for chunk in _chunks(asked):
             marks = ",".join("?" * len(chunk))
@@ -47,7 +43,7 @@ class CatalogView:
                 "SELECT name, version FROM objects WHERE provider = ? AND bucket = ?"
                 f" AND name IN ({marks})", (bck.provider, bck.name, *chunk)).fetchall())
         self._children: dict[str, str] = {}  # name → one object named `name/...`
-        new = [n for n in wanted if n not in self._versions] if clashes else []
+        new = [n for n in wanted if n not in self._versions]
         for chunk in _chunks(new):
             values = ",".join(["(?)"] * len(chunk))
             self._children.update(conn.execute(
@@ -77,7 +73,5 @@ class CatalogView:
 
     def committed(self, name: str, version: str) -> None:
         self._versions[name] = version
-        if not self.clashes:
-            return
         for parent in _parents(name):
             self._children.setdefault(parent, name)

@@ -414,20 +414,24 @@ class Store:
         return attrs
 
     def record_placed(self, conn: sqlite3.Connection, bck: Bucket,
-                      objects: list[tuple[str, int, str, dict[str, str], int]]) -> dict[int, str]:
+                      objects: list[tuple[str, int, str, str, int]]) -> dict[int, str]:
         """The catalog rows of objects already renamed into place (name, size, checksum,
-        custom metadata, atime), in one statement. Returns the refused ones by position, with
-        why: a name that clashes with objects of the catalog (possible across mountpaths,
-        where the disk cannot see it) is removed from the disk again."""
+        custom metadata as JSON, atime), in one statement. Returns the refused ones by
+        position, with why: a name that clashes with objects of the catalog (possible across
+        mountpaths, where the disk cannot see it) is removed from the disk again."""
         props = self.require_bucket(bck)
-        one_disk = len(self.mountpaths) == 1  # its disk refused every clash at the rename
-        view = CatalogView(conn, bck, [o[0] for o in objects], clashes=not one_disk)
+        if len(self.mountpaths) == 1:  # its disk refused every clash at the rename
+            versioned = props.get("versioning", {}).get("enabled", True)
+            conn.executemany(_UPSERT_VERSIONED if versioned else _UPSERT_UNVERSIONED, [
+                (bck.provider, bck.name, name, size, cksum, atime_ns, custom)
+                for name, size, cksum, custom, atime_ns in objects])
+            return {}
+        view = CatalogView(conn, bck, [o[0] for o in objects])
         refused: dict[int, str] = {}
         rows = []
-        encode = _JSON.encode
         for i, (name, size, cksum, custom, atime_ns) in enumerate(objects):
             previous = view.version(name)
-            if previous is None and not one_disk:
+            if previous is None:
                 try:
                     view.check_no_dir_clash(name)
                 except Conflict as err:
@@ -437,7 +441,7 @@ class Store:
                     continue
             version = _next_version(previous, props)
             rows.append((bck.provider, bck.name, name, size, version, "xxhash2", cksum, atime_ns,
-                         encode(custom).decode()))
+                         custom))
             view.committed(name, version)
         conn.executemany(
             "INSERT OR REPLACE INTO objects (provider, bucket, name, size, version, cksum_type,"
@@ -797,6 +801,21 @@ def _delete_row(conn: sqlite3.Connection, bck: Bucket, name: str) -> bool:
     """Remove an object's catalog row; False when there was none."""
     return conn.execute("DELETE FROM objects WHERE provider = ? AND bucket = ? AND name = ?",
                         (bck.provider, bck.name, name)).rowcount > 0
+
+
+def _upsert_sql(new: str, overwritten: str) -> str:
+    """An object's row, inserted or replacing the one of its name, its version computed by
+    SQLite (as `_next_version` does): no query of the old versions first."""
+    return ("INSERT INTO objects (provider, bucket, name, size, version, cksum_type, cksum, atime,"
+            f" custom) VALUES (?, ?, ?, ?, {new}, 'xxhash2', ?, ?, ?) ON CONFLICT DO UPDATE SET"
+            f" size = excluded.size, version = {overwritten}, cksum_type = excluded.cksum_type,"
+            " cksum = excluded.cksum, atime = excluded.atime, custom = excluded.custom")
+
+
+_UPSERT_VERSIONED = _upsert_sql(
+    "'1'", "CASE WHEN version <> '' AND version NOT GLOB '*[^0-9]*'"
+    " THEN CAST(CAST(version AS INTEGER) + 1 AS TEXT) ELSE '1' END")
+_UPSERT_UNVERSIONED = _upsert_sql("''", "''")
 
 
 def _next_version(previous: str | None, props: Props) -> str:
