@@ -126,6 +126,9 @@ def test_slow_connects_and_host_keys() -> None:
     assert host_of("HTTP://Example.COM:8080/a/b?c") == "http://example.com:8080"
     assert host_of("s3://bucket/key") == "s3://bucket"
     assert host_of("https://user:secret@Host/x") == "https://host"
+    assert host_of("http://h:81?q=/x") == "http://h:81"
+    assert host_of("http://h#/frag") == "http://h"
+    assert host_of("gs://b") == "gs://b"
 
 
 # -- a dropped SYN is a sign of overload ------------------------------------------------------

@@ -11,6 +11,7 @@ asks `has_room`, calls `begin` when a transfer starts, `back_off` the moment it 
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 import time
@@ -35,8 +36,18 @@ _OVERLOAD = re.compile(
 
 def host_of(link: str) -> str:
     """The key a link's transfers are limited under: scheme and host[:port] (never a user or
-    password in the link: the key is logged)."""
-    parts = urlsplit(link)
+    password in the link: the key is logged). Runs per file: the link's scheme and authority
+    are cut by a regex, and parsed once per distinct one."""
+    head = _HEAD.match(link)
+    return _host_key(head.group() if head else link)
+
+
+_HEAD = re.compile(r"[^:/?#]*://[^/?#]*")
+
+
+@functools.lru_cache(maxsize=1024)
+def _host_key(head: str) -> str:
+    parts = urlsplit(head)
     return f"{parts.scheme.lower()}://{parts.netloc.rpartition('@')[2].lower()}"
 
 
