@@ -31,11 +31,13 @@ from aisdl.engine.chunks import (
 )
 from aisdl.engine.limits import THROTTLED_CONNECTIONS, TokenBucket
 from aisdl.engine.pool import ChunkPool
-from aisdl.errors import AisdlError, DatabaseRefused, SourceError
+from aisdl.errors import AisdlError, BadRequest, DatabaseRefused, SourceError
 from aisdl.jobs import records
 from aisdl.jobs.listing import backend_items, source_link
 from aisdl.jobs.records import RECENT_TASKS, Counters, Cursor, TaskRow
 from aisdl.jobs.request import Item, JobSpec
+from aisdl.sources import hf
+from aisdl.store.paths import normalize_object_name
 from aisdl.store.store import Store
 
 log = logging.getLogger("aisdl.jobs")
@@ -118,6 +120,9 @@ class JobRun:
         bucket = spec.bucket
         self._write_through = source_link(bucket, "") if bucket.is_remote and \
             spec.source != bucket else ""
+        # A Hub token lives in memory only: a job resumed after a restart uses the node's own
+        self._hf_token = (spec.hf_token or hf.hub_token()) if spec.hf is not None else ""
+        self._headers = {**spec.headers, **hf.auth_headers(self._hf_token)}
         self._task: asyncio.Task[None] | None = None
 
     def __repr__(self) -> str:
@@ -242,7 +247,7 @@ class JobRun:
             have = stored.get(i.name)
             items.append(ChunkItem(i.index, i.name, i.link,
                                    have.custom if have is not None and have.custom else None,
-                                   i.listed, i.error))
+                                   i.listed, i.error, i.expect))
         await queue.put(items)
 
     async def _evict(self, item: Item) -> Row:
@@ -259,6 +264,17 @@ class JobRun:
             cloud = self.fetcher.sources.cloud
             async for item in backend_items(self.spec, cloud, self.store, self.cursor.low):
                 yield item
+        elif self.spec.hf is not None:
+            http = self.fetcher.sources.http
+            async for index, name, link, expect in hf.items(
+                    self.spec.hf, self._hf_token, http.session, http.allow_private,
+                    self.cursor.low):
+                error = ""
+                try:  # the Hub names its files: a name we cannot store is that file's error
+                    name = normalize_object_name(name)
+                except BadRequest as exc:
+                    error = exc.message
+                yield Item(index, name, link, expect=expect, error=error)
         else:
             for item in self.spec.items(start=self.cursor.low):
                 yield item
@@ -271,7 +287,7 @@ class JobRun:
         while (items := await queue.get()) is not None:
             held = await budget.take(self.id, min(conns, len(items)))
             chunk = Chunk(self.id, next(self._chunk_ids), spec.bucket.provider, spec.bucket.name,
-                          items, held, spec.headers, spec.timeout, self._write_through)
+                          items, held, self._headers, spec.timeout, self._write_through)
             watch = Watch(chunk)
             watch.discard = self.aborted
             self.watches.add(watch)
