@@ -5,6 +5,7 @@ a fake Hub (tests/fake_hub.py) whose faithfulness huggingface_hub itself proves:
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -263,3 +264,28 @@ def test_the_token_is_not_in_the_stored_job() -> None:
     spec = parse_start_request(raw, 64)
     assert spec.hf_token == GOOD
     assert GOOD not in spec.to_json() and GOOD not in repr(spec)
+
+
+def test_a_job_resumes_after_a_restart_at_its_commit(hub: FakeHub, hf_ais: Ais,
+                                                     hf_node: Node) -> None:
+    """Stopped mid-way, the job resumes at the commit its revision named when it started, even
+    though `main` has moved on since (the last test of the module: it restarts the node)."""
+    hub.add_repo("org/slow", {"a.bin": Virtual(900_000, "s1"), "b.bin": Virtual(900_000, "s2"),
+                              "c.txt": b"as it was"}, lfs={"a.bin", "b.bin"})
+    hub.rate = 300_000  # bytes/s per file-store response: 3 s a file
+    try:
+        job = _start(hf_ais, "--hf-model", "org/slow", "ais://hfs")
+        client = hf_node.client()
+        deadline = time.monotonic() + 20
+        while not client.download_status(job).get("current_tasks"):
+            assert time.monotonic() < deadline, "no transfer started"
+            time.sleep(0.05)
+        hub.commit("org/slow", {"c.txt": b"changed since"})
+        hf_node.restart()
+        st = wait_job(hf_node, job, timeout=40)
+    finally:
+        hub.rate = 0
+    assert (st["finished_cnt"], st["error_cnt"], st["total"]) == (3, 0, 3), st
+    got = _objects(hf_node.client(), Bucket("ais", "hfs"))
+    assert got["c.txt"] == b"as it was"
+    assert got["a.bin"] == Virtual(900_000, "s1").read(0, 900_000)
