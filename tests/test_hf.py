@@ -58,6 +58,7 @@ def hf_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         for var in TOKEN_VARS:
             mp.delenv(var, raising=False)
         mp.setenv("HF_HOME", str(root / "hf-home"))  # no token file there
+        mp.setenv("HF_HUB_DISABLE_TELEMETRY", "1")  # huggingface_hub talks to our fake only
         yield root
 
 

@@ -18,11 +18,12 @@ This module loads no HTTP client at import: the CLI reads tokens with it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import posixpath
 import re
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urljoin, urlsplit
@@ -45,6 +46,9 @@ _REPO_ID = re.compile(r"^(\b[\w\-.]+\b/)?\b[\w\-.]+\b$")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _LINK_NEXT = re.compile(r'<([^>]*)>\s*;\s*rel="?next"?')
 _COMMIT = re.compile(r"^[0-9a-f]{40}$")
+
+
+Page = tuple[list[dict[str, Any]], bool]  # a page of tree entries, and whether it is the last
 
 
 class HubError(AisdlError):
@@ -233,8 +237,7 @@ class Hub:
             raise HubError(f"the Hub's answer for {self.repo.what} names no commit", 502)
         return commit
 
-    async def pages(self, path: str = "",
-                    recursive: bool = True) -> AsyncIterator[tuple[list[dict[str, Any]], bool]]:
+    async def pages(self, path: str = "", recursive: bool = True) -> AsyncGenerator[Page, None]:
         """The tree at the commit, a page at a time, with whether it was the last page."""
         url: str | None = f"{self.repo.api}/tree/{self.repo.commit}" + (
             f"/{quote(path)}" if path else "") + ("?recursive=true" if recursive else "")
@@ -313,20 +316,22 @@ async def _prepared(hub: Hub, repo: HfRepo) -> HfRepo:
 
     hub.repo = repo
     if repo.file:
-        folder = posixpath.dirname(repo.file)
-        async for page, _ in hub.pages(folder, recursive=False):
-            if any(e["path"] == repo.file for e in _files(page)):
-                break
-        else:
-            raise HubError(f"file {repo.file!r} not found in Hugging Face {repo.what} at"
-                           f" revision {repo.revision!r}", 404)
+        async with contextlib.aclosing(hub.pages(posixpath.dirname(repo.file),
+                                                 recursive=False)) as pages:
+            async for page, _ in pages:
+                if any(e["path"] == repo.file for e in _files(page)):
+                    break
+            else:
+                raise HubError(f"file {repo.file!r} not found in Hugging Face {repo.what} at"
+                               f" revision {repo.revision!r}", 404)
         await hub.probe(repo.file)
         return replace(repo, files=1)
-    async for page, last in hub.pages():
-        files = _files(page)
-        if files:
-            await hub.probe(files[0]["path"])
-        return replace(repo, files=len(files) if last else -1)
+    async with contextlib.aclosing(hub.pages()) as pages:
+        async for page, last in pages:
+            files = _files(page)
+            if files:
+                await hub.probe(files[0]["path"])
+            return replace(repo, files=len(files) if last else -1)
     return repo
 
 
