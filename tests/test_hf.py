@@ -177,6 +177,17 @@ def test_cli_refusal_is_one_error_line(hf_ais: Ais) -> None:
     assert r.returncode == 2 and "provide only the destination argument" in r.stderr
 
 
+def test_cli_sends_the_token_huggingface_hub_would_use(hub: FakeHub, hf_ais: Ais,
+                                                       hf_node: Node, tmp_path: Path) -> None:
+    """Without --hf-auth, the user's token file (HF_TOKEN_PATH, as huggingface_hub reads it)."""
+    token_file = tmp_path / "token"
+    token_file.write_text(GOOD + "\n")
+    out = hf_ais("start", "download", "--hf-model", "org/private", "ais://hft/",
+                 env={"HF_TOKEN_PATH": str(token_file)})
+    st = wait_job(hf_node, out.stdout.split()[0])
+    assert (st["finished_cnt"], st["error_cnt"]) == (2, 0), st
+
+
 def test_rerun_skips_unchanged_files_and_fetches_changed_ones(hub: FakeHub, hf_ais: Ais,
                                                               hf_node: Node) -> None:
     hub.add_repo("org/evolving", {"a.txt": b"one", "b.txt": b"two",
