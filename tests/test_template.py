@@ -203,5 +203,5 @@ def test_entries_name_like_range_name(template: str, subdir: str) -> None:
     spec = JobSpec(kind="range", bucket=Bucket("ais", "b"), description="", template=template,
                    subdir=subdir)
     for start in (0, 3):
-        got = [(i, n if not e else "", lk, e) for i, n, lk, e, _ in spec.entries(start)]
+        got = [(i, n if not e else "", lk, e) for i, n, lk, e, _, _ in spec.entries(start)]
         assert got == _slow_entries(spec, start)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 from typing import Any
 
 from aiohttp import web
@@ -11,6 +12,7 @@ from aisdl.api.keys import CONFIG, JOBS
 from aisdl.api.remote import known_bucket
 from aisdl.errors import BadRequest, parse_json
 from aisdl.jobs.request import JobSpec, parse_start_request
+from aisdl.sources import hf
 
 # A body this small parses in well under a millisecond; a bigger one (an object list) is parsed
 # and validated on a thread, so the node keeps answering while it is (10M names took minutes).
@@ -69,8 +71,22 @@ async def start(request: web.Request) -> web.Response:
     _no_query(request)
     spec = await _start_request(request)
     await known_bucket(request.app, spec.bucket)  # a cloud DEST must exist: we cannot make it
+    if spec.hf is not None:
+        spec = await _hub_checked(request, spec)
     job_id = await request.app[JOBS].create(spec)
     return web.json_response({"id": job_id})
+
+
+async def _hub_checked(request: web.Request, spec: JobSpec) -> JobSpec:
+    """A Hugging Face job asks the Hub (HF_ENDPOINT, read now) before it starts: the commit its
+    revision names, and whether the token may read the repository. A missing or gated
+    repository, a bad revision or a refused token is this request's one error."""
+    assert spec.hf is not None
+    repo = replace(spec.hf, endpoint=hf.hub_endpoint())
+    allow_private = request.app[CONFIG].may_fetch_private
+    async with hf.open_session(allow_private) as session:
+        repo = await hf.prepare(repo, spec.hf_token or hf.hub_token(), session, allow_private)
+    return replace(spec, hf=repo)
 
 
 async def status(request: web.Request) -> web.Response:

@@ -120,6 +120,35 @@ def build_request(source: Source, dest: Dest, object_list: str | None, sync: boo
     return {"type": "single", "bucket": bucket, "link": source.link, "object_name": name}
 
 
+def _hf_destination(args: tuple[str, ...]) -> str:
+    if not args:
+        raise click.UsageError('missing "destination" argument')
+    if len(args) > 1:
+        raise click.UsageError("when using Hugging Face flags (--hf-model, --hf-dataset), provide"
+                               f" only the destination argument - got {len(args)} arguments")
+    return args[0]
+
+
+def hf_request(dest: Dest, model: str, dataset: str, file: str, revision: str, token: str,
+               object_list: str | None, sync: bool) -> dict[str, Any]:
+    """A Hugging Face repository (or one file of it) into DESTINATION's path. The token is the
+    user's (as huggingface_hub finds it) unless given; the node uses its own when none is."""
+    if model and dataset:
+        raise BadRequest("--hf-model and --hf-dataset are mutually exclusive")
+    if object_list or sync:
+        raise BadRequest("--object-list and --sync do not apply to a Hugging Face download")
+    from aisdl.sources.hf import hub_token
+
+    body: dict[str, Any] = {"type": "hf", "bucket": dest.bucket.to_json(),
+                            "subdir": dest.path, "hf_revision": revision}
+    body["hf_model" if model else "hf_dataset"] = model or dataset
+    if file:
+        body["hf_file"] = file
+    if token := token or hub_token():
+        body["hf_auth"] = token
+    return body
+
+
 def _is_backed_by(client: Client, dest: Dest, source: Source) -> bool:
     """Does DEST list SOURCE's bucket: it is that bucket, or has it as `backend_bck`?"""
     assert source.bucket is not None
@@ -151,11 +180,22 @@ def _is_backed_by(client: Client, dest: Dest, source: Source) -> bool:
               help="Refresh interval of --progress (e.g. 500ms, 10s, 1m).")
 @click.option("--wait", is_flag=True, help="Wait until all files are downloaded, then print a"
               " brief summary.")
+@click.option("--hf-model", default="", help="Hugging Face model repository, e.g."
+              " bert-base-uncased or openai/whisper-large-v2 (then DESTINATION is the only"
+              " argument).")
+@click.option("--hf-dataset", default="", help="Hugging Face dataset repository, e.g."
+              " rajpurkar/squad.")
+@click.option("--hf-file", default="", help="One file of the repository (default: all of them).")
+@click.option("--hf-revision", default="main", show_default=True,
+              help="Branch, tag or commit of the repository.")
+@click.option("--hf-auth", default="", help="Hugging Face token for private and gated"
+              " repositories (default: HF_TOKEN, else the token file huggingface_hub uses).")
 @click.pass_obj
 def start_download(obj: CliContext, args: tuple[str, ...], description: str,
                    timeout: float | None, sync: bool, max_conns: int, limit_bph: int | None,
                    object_list: str | None, progress: bool, progress_interval: float,
-                   wait: bool) -> None:
+                   wait: bool, hf_model: str, hf_dataset: str, hf_file: str, hf_revision: str,
+                   hf_auth: str) -> None:
     """Download SOURCE (a link, a range template, an ais:// object) into DESTINATION (ais://b/...).
 
     \b
@@ -163,16 +203,26 @@ def start_download(obj: CliContext, args: tuple[str, ...], description: str,
       ais start download http://example.com/file.iso ais://b/file.iso
       ais start download "https://example.com/shard-{000..140}.tar" ais://b/shards/
       ais start download https://example.com/data ais://b --object-list=names.json
+      ais start download --hf-model openai/whisper-tiny ais://models/whisper/
     """
-    if not args:
-        raise click.UsageError('missing arguments "SOURCE DESTINATION"')
-    if len(args) == 1:
-        raise click.UsageError('missing "destination" argument')
-    if len(args) > 2:
-        raise click.UsageError(f"too many arguments - expected 2, got {len(args)}.\n{RANGE_HINT}")
-    source, dest = parse_source(args[0]), parse_dest(args[1])
     client = obj.client
-    body = build_request(source, dest, object_list, sync, client)
+    if hf_model or hf_dataset:
+        dest = parse_dest(_hf_destination(args))
+        body = hf_request(dest, hf_model, hf_dataset, hf_file, hf_revision, hf_auth, object_list,
+                          sync)
+    else:
+        if hf_file or hf_auth or hf_revision != "main":
+            raise BadRequest("--hf-file, --hf-revision and --hf-auth need --hf-model or"
+                             " --hf-dataset")
+        if not args:
+            raise click.UsageError('missing arguments "SOURCE DESTINATION"')
+        if len(args) == 1:
+            raise click.UsageError('missing "destination" argument')
+        if len(args) > 2:
+            raise click.UsageError(
+                f"too many arguments - expected 2, got {len(args)}.\n{RANGE_HINT}")
+        source, dest = parse_source(args[0]), parse_dest(args[1])
+        body = build_request(source, dest, object_list, sync, client)
     body.update(description=description, timeout=f"{timeout}s" if timeout else "",
                 limits={"connections": max_conns, "bytes_per_hour": limit_bph or 0},
                 progress_interval=f"{progress_interval}s")

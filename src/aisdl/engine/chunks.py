@@ -57,6 +57,7 @@ class ChunkItem(msgspec.Struct, array_like=True, frozen=True, gc=False):
     stored: dict[str, str] | None = None  # custom metadata of the copy we store, if any
     listed: SourceObject | None = None    # validators from a bucket listing (backend jobs)
     error: str = ""                       # already known to fail (its name is refused)
+    expect: SourceObject | None = None    # what its bytes must be (a listing pinned to a commit)
 
 
 class Chunk(msgspec.Struct, frozen=True):
@@ -363,12 +364,15 @@ class ChunkRunner:
             check_object_name(item.name)
             known = SourceObject.from_custom(item.stored) if item.stored and item.stored.get(
                 "source") else None
-            if known is not None and item.listed is not None and known.same_as(item.listed):
+            listed = item.expect or item.listed
+            if known is not None and listed is not None and known.same_as(listed):
                 row.skipped = True  # the listing proves it unchanged
                 return row
             work = self._work(chunk, item)
-            req = FetchRequest(link=item.link, work=work, stored=known, headers=chunk.headers,
-                               timeout=chunk.timeout, throttle=throttle)
+            # A pinned listing said it changed: no conditional GET against our copy
+            req = FetchRequest(link=item.link, work=work,
+                               stored=None if item.expect else known, headers=chunk.headers,
+                               timeout=chunk.timeout, throttle=throttle, expect=item.expect)
             async with self.slots.take(chunk.job, host_of(item.link)) as ticket:
                 try:
                     got = await self.fetcher.fetch(req, _Events(flight, watch, self.slots,

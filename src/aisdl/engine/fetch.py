@@ -66,6 +66,9 @@ class FetchRequest:
     throttle: TokenBucket | None = None
     validator: str | None = None              # ETag or Last-Modified of the bytes in `work`
     sidecar: bool = False                     # whether `work` may have a validator file
+    # What the bytes must be, from a listing pinned to one version (a Hub commit): checked as
+    # they arrive (size, ETag, sha256) and recorded as the object's validators.
+    expect: SourceObject | None = None
 
 
 def _sidecar(work: str) -> str:
@@ -139,12 +142,15 @@ class Fetcher:
                         digest: Digest | None) -> Fetched:
         if digest is None:  # resumed: hash what is on disk
             size, cksum = await asyncio.get_running_loop().run_in_executor(
-                None, _verify, req.work, meta)
+                None, _verify, req.work, meta, req.expect)
         else:
             size, cksum = digest.check(req.work)
         if req.sidecar:
             _remove(_sidecar(req.work))
-        return Fetched(unchanged=False, size=size, cksum=cksum, custom=meta.custom(req.link))
+        custom = meta.custom(req.link)
+        if req.expect is not None:
+            custom.update(req.expect.custom(req.link))
+        return Fetched(unchanged=False, size=size, cksum=cksum, custom=custom)
 
     async def _stream(self, req: FetchRequest, obj: Any, events: TaskEvents,
                       digest: Digest | None, watch: Watchdog) -> None:
@@ -248,7 +254,7 @@ def begin_body(req: FetchRequest, meta: SourceObject, offset: int) -> Digest | N
         with open(_sidecar(req.work), "w") as f:
             f.write(req.validator or "")
         req.sidecar = True
-    return Digest(meta)
+    return Digest(meta, req.expect)
 
 
 def _size(path: str) -> int:
@@ -311,26 +317,33 @@ class _BatchWriter:
 class Digest:
     """Hashes computed while the bytes stream (no second read of the file)."""
 
-    def __init__(self, meta: SourceObject) -> None:
-        self.meta = meta
+    def __init__(self, meta: SourceObject, expect: SourceObject | None = None) -> None:
+        self.meta, self.expect = meta, expect
         self.size = 0
         self.xx = xxhash.xxh64()
         self.md5 = hashlib.md5() if meta.md5 else None
+        self.sha256 = hashlib.sha256() if expect is not None and expect.sha256 else None
 
     def update(self, data: bytes) -> None:
         self.size += len(data)
         self.xx.update(data)
         if self.md5 is not None:
             self.md5.update(data)
+        if self.sha256 is not None:
+            self.sha256.update(data)
 
     def check(self, work: str) -> tuple[int, str]:
         _check(work, self.meta, self.size, self.md5.hexdigest() if self.md5 else None)
+        if self.expect is not None:
+            _check_expected(work, self.meta, self.expect, self.size,
+                            self.sha256.hexdigest() if self.sha256 else None)
         return self.size, self.xx.hexdigest()
 
 
-def _verify(work: str, meta: SourceObject) -> tuple[int, str]:
+def _verify(work: str, meta: SourceObject,
+            expect: SourceObject | None = None) -> tuple[int, str]:
     """Size and xxhash of a finished work file read back from disk (after a resume)."""
-    digest = Digest(meta)
+    digest = Digest(meta, expect)
     with open(work, "rb") as f:
         while data := f.read(4 << 20):
             digest.update(data)
@@ -346,3 +359,18 @@ def _check(work: str, meta: SourceObject, size: int, md5: str | None) -> None:
         discard(work)
         raise SourceError("MD5 of the downloaded bytes does not match the source's",
                           transient=True)
+
+
+def _check_expected(work: str, meta: SourceObject, expect: SourceObject, size: int,
+                    sha256: str | None) -> None:
+    """What arrived is what the pinned listing said the file is, or the work file goes."""
+    problem = ""
+    if expect.size is not None and size != expect.size:
+        problem = f"got {size} bytes, the listing says {expect.size}"
+    elif sha256 is not None and sha256 != expect.sha256:
+        problem = "SHA-256 of the downloaded bytes does not match the listing's"
+    elif expect.etag and meta.etag and expect.etag != meta.etag:
+        problem = f"the source's ETag {meta.etag!r} is not the listing's {expect.etag!r}"
+    if problem:
+        discard(work)
+        raise SourceError(problem, transient=True)

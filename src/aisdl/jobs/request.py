@@ -18,10 +18,11 @@ from aisdl.errors import BadRequest, parse_json
 from aisdl.jobs.template import RangeTemplate
 from aisdl.models import Bucket
 from aisdl.sources.base import SourceObject
+from aisdl.sources.hf import HfRepo, check_repo
 from aisdl.store.paths import normalize_object_name
 from aisdl.units import parse_duration
 
-KINDS = ("single", "multi", "range", "backend")
+KINDS = ("single", "multi", "range", "backend", "hf")
 FETCHABLE_SCHEMES = ("http", "https", "s3", "gs", "az")
 
 # Bounds of one request: each is far beyond what a real job needs, and each keeps one request
@@ -40,7 +41,8 @@ MAX_TIMEOUT = 30 * 24 * 3600.0   # seconds: beyond, a timer overflows; no transf
 _BASE_FIELDS = frozenset(("type", "bucket", "description", "timeout", "progress_interval",
                           "limits", "headers", "etl_name", "etl_args"))
 _KIND_FIELDS = {"single": ("link", "object_name", "from_remote"), "multi": ("objects",),
-                "range": ("template", "subdir"), "backend": ("prefix", "suffix", "synchronize")}
+                "range": ("template", "subdir"), "backend": ("prefix", "suffix", "synchronize"),
+                "hf": ("hf_model", "hf_dataset", "hf_file", "hf_revision", "hf_auth", "subdir")}
 _BUCKET_FIELDS = ("name", "provider", "namespace")
 _LIMIT_FIELDS = ("connections", "bytes_per_hour")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
@@ -52,8 +54,9 @@ _HEADER_VALUE_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 # A template's names that need no normalizing: plain segments, ranges in the last one.
 _PLAIN_NAME = re.compile(r"[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*")
 # An item of a job as its stream makes it: index, object name, link, why it cannot be
-# downloaded (its name is refused), validators from a bucket listing (backend jobs)
-Entry = tuple[int, str, str, str, SourceObject | None]
+# downloaded (its name is refused), validators from a bucket listing (backend jobs), what its
+# bytes must be (a listing pinned to a commit)
+Entry = tuple[int, str, str, str, SourceObject | None, SourceObject | None]
 
 
 @dataclass(frozen=True)
@@ -64,6 +67,7 @@ class Item:
     listed: SourceObject | None = None  # validators from a bucket listing (backend jobs)
     evict: bool = False                 # sync: the source no longer has it; drop our copy
     error: str = ""                     # why it cannot be downloaded (its name is refused)
+    expect: SourceObject | None = None  # what its bytes must be (a listing pinned to a commit)
 
 
 @dataclass(frozen=True)
@@ -88,6 +92,9 @@ class JobSpec:
     prefix: str = ""
     suffix: str = ""
     sync: bool = False
+    # hf: a Hugging Face repository at a commit; its token is never stored (nor shown)
+    hf: HfRepo | None = None
+    hf_token: str = field(default="", repr=False, compare=False)
 
     @property
     def total(self) -> int:
@@ -98,26 +105,29 @@ class JobSpec:
             return len(self.objects)
         if self.kind == "backend":
             return -1
+        if self.hf is not None:
+            return self.hf.files
         return len(RangeTemplate(self.template))
 
     def entries(self, start: int = 0) -> Iterator[Entry]:
         """The job's items from index `start` on, produced lazily (a range is never expanded in
         memory), as plain tuples: a template makes millions of them."""
-        if self.kind == "backend":
-            raise ValueError("backend jobs list their items asynchronously (jobs.listing)")
+        if self.kind in ("backend", "hf"):
+            raise ValueError(f"{self.kind} jobs list their items asynchronously (jobs.run)")
         if self.kind == "single":
             if start == 0:
-                yield 0, self.object_name, self.link, "", None
+                yield 0, self.object_name, self.link, "", None, None
         elif self.kind == "multi":
             for i in range(start, len(self.objects)):
                 name, link = self.objects[i]
-                yield i, name, link, "", None
+                yield i, name, link, "", None, None
         else:
             links = RangeTemplate(with_scheme(self.template)).iter_from(start)
             names = self._plain_names()
             if names is not None:  # names made at C speed, as the links are
                 yield from zip(itertools.count(start), names.iter_from(start), links,
-                               itertools.repeat(""), itertools.repeat(None))
+                               itertools.repeat(""), itertools.repeat(None),
+                               itertools.repeat(None))
                 return
             for i, link in enumerate(links, start):
                 try:
@@ -125,7 +135,7 @@ class JobSpec:
                 except BadRequest as exc:  # only the first name is checked up front
                     name = posixpath.join(self.subdir.strip("/"), base_name(link)).lstrip("/")
                     error = exc.message
-                yield i, name, link, error, None
+                yield i, name, link, error, None, None
 
     def _plain_names(self) -> RangeTemplate | None:
         """The template of the object names, when every name is plain (letters, digits and
@@ -159,6 +169,7 @@ class JobSpec:
             "subdir": self.subdir, "prefix": self.prefix, "suffix": self.suffix,
             "synchronize": self.sync,
             "source": self.source.to_json() if self.source else None,
+            "hf": self.hf.to_json() if self.hf else None,
         }
         return json.dumps(body)
 
@@ -175,6 +186,7 @@ class JobSpec:
             sync=d.get("synchronize", False),
             source=Bucket(d["source"]["provider"], d["source"]["name"]) if d.get("source")
             else None,
+            hf=HfRepo.from_json(d["hf"]) if d.get("hf") else None,
         )
 
 
@@ -223,7 +235,8 @@ def parse_start_request(raw: bytes, max_connections: int) -> JobSpec:
     kind = _text(body, "type")
     if kind not in KINDS:
         raise BadRequest(
-            "input does not match any of the supported formats (single, range, multi, backend)")
+            "input does not match any of the supported formats (single, range, multi, backend,"
+            " hf)")
     _check_fields(body, kind)
     base = dict(kind=kind, bucket=_bucket(body), **_limits(body, max_connections))
     interval = body.get("progress_interval")
@@ -235,6 +248,8 @@ def parse_start_request(raw: bytes, max_connections: int) -> JobSpec:
         spec = _multi(body, base)
     elif kind == "range":
         spec = _range(body, base)
+    elif kind == "hf":
+        spec = _hf(body, base)
     else:
         spec = _backend(body, base)
     return spec
@@ -412,6 +427,27 @@ def _backend(body: dict[str, Any], base: dict[str, Any]) -> JobSpec:
     spec = JobSpec(prefix=_text(body, "prefix"), suffix=_text(body, "suffix"),
                    sync=_flag(body, "synchronize"), **base)
     return _described(spec, f"remote bucket prefetch -> {spec.bucket.cname}")
+
+
+def _hf(body: dict[str, Any], base: dict[str, Any]) -> JobSpec:
+    """A Hugging Face repository (or one file of it) into `subdir`; the node asks the Hub what
+    the revision is at job start (api.download)."""
+    model, dataset = _text(body, "hf_model"), _text(body, "hf_dataset")
+    if bool(model) == bool(dataset):
+        raise BadRequest("a Hugging Face download names one repository: 'hf_model' or"
+                         " 'hf_dataset'")
+    repo_type, repo = ("model", model) if model else ("dataset", dataset)
+    revision, file = _text(body, "hf_revision") or "main", _text(body, "hf_file")
+    check_repo(repo_type, repo, revision, file)
+    token = _text(body, "hf_auth").strip()
+    if _HEADER_VALUE_CONTROL.search(token):
+        raise BadRequest("'hf_auth' contains a control character (CR, LF, NUL ...)")
+    subdir = _text(body, "subdir").strip("/")
+    if subdir:
+        subdir = normalize_object_name(subdir)
+    spec = JobSpec(hf=HfRepo(repo_type, repo, revision, file, subdir), hf_token=token, **base)
+    what = f"{repo}@{revision}" + (f"/{file}" if file else "")
+    return _described(spec, f"hf {repo_type} {what} -> {spec.bucket.cname}/{subdir}")
 
 
 def _described(spec: JobSpec, auto: str) -> JobSpec:

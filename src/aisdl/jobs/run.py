@@ -14,7 +14,7 @@ import sqlite3
 import threading
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import TypeVar
 
@@ -31,11 +31,13 @@ from aisdl.engine.chunks import (
 )
 from aisdl.engine.limits import THROTTLED_CONNECTIONS, TokenBucket
 from aisdl.engine.pool import ChunkPool
-from aisdl.errors import AisdlError, DatabaseRefused, SourceError
+from aisdl.errors import AisdlError, BadRequest, DatabaseRefused, SourceError
 from aisdl.jobs import records
 from aisdl.jobs.listing import backend_items, source_link
 from aisdl.jobs.records import RECENT_TASKS, Counters, Cursor, TaskRow
 from aisdl.jobs.request import Entry, Item, JobSpec
+from aisdl.sources import hf
+from aisdl.store.paths import normalize_object_name
 from aisdl.store.store import Store
 
 log = logging.getLogger("aisdl.jobs")
@@ -118,6 +120,9 @@ class JobRun:
         bucket = spec.bucket
         self._write_through = source_link(bucket, "") if bucket.is_remote and \
             spec.source != bucket else ""
+        # A Hub token lives in memory only: a job resumed after a restart uses the node's own
+        self._hf_token = (spec.hf_token or hf.hub_token()) if spec.hf is not None else ""
+        self._headers = {**spec.headers, **hf.auth_headers(self._hf_token)}
         self._task: asyncio.Task[None] | None = None
 
     def __repr__(self) -> str:
@@ -211,7 +216,7 @@ class JobRun:
         await self._patiently(self._flush)
 
     async def _produce(self, queue: ChunkQueue) -> None:
-        if self.spec.kind == "backend":
+        if self.spec.kind in ("backend", "hf"):
             await self._produce_listed(queue)
             return
         entries = self.spec.entries(start=self.cursor.low)
@@ -221,18 +226,18 @@ class JobRun:
         self.all_dispatched = True
 
     async def _produce_listed(self, queue: ChunkQueue) -> None:
-        """A backend job's items, as its source bucket's listing yields them."""
+        """A backend or Hugging Face job's items, as the listing of its source yields them."""
         batch: list[Entry] = []
         want = self._sizer.next()
-        cloud = self.fetcher.sources.cloud
         try:
-            async for item in backend_items(self.spec, cloud, self.store, self.cursor.low):
+            async for item in self._listed_items():
                 if self.cursor.done(item.index):
                     continue
                 if item.evict:  # sync: the source no longer has it
                     self._batch.append(await self._evict(item))
                     continue
-                batch.append((item.index, item.name, item.link, item.error, item.listed))
+                batch.append((item.index, item.name, item.link, item.error, item.listed,
+                              item.expect))
                 if len(batch) >= want:
                     await self._dispatch(batch, queue)
                     batch, want = [], self._sizer.next()
@@ -250,15 +255,15 @@ class JobRun:
         stored = await self.store.lookup_many(self.spec.bucket,
                                               [e[1] for e in batch if not e[3]])
         if not stored:  # the usual first download: nothing to look up per item
-            await queue.put([ChunkItem(i, name, link, None, listed, error)
-                             for i, name, link, error, listed in batch])
+            await queue.put([ChunkItem(i, name, link, None, listed, error, expect)
+                             for i, name, link, error, listed, expect in batch])
             return
         items = []
-        for i, name, link, error, listed in batch:
+        for i, name, link, error, listed, expect in batch:
             have = stored.get(name)
             items.append(ChunkItem(i, name, link,
                                    have.custom if have is not None and have.custom else None,
-                                   listed, error))
+                                   listed, error, expect))
         await queue.put(items)
 
     async def _evict(self, item: Item) -> Row:
@@ -270,6 +275,23 @@ class JobRun:
         row.end_ns = time.time_ns()
         return row
 
+    async def _listed_items(self) -> AsyncIterator[Item]:
+        if self.spec.kind == "backend":
+            cloud = self.fetcher.sources.cloud
+            async for item in backend_items(self.spec, cloud, self.store, self.cursor.low):
+                yield item
+        elif self.spec.hf is not None:
+            http = self.fetcher.sources.http
+            async for index, name, link, expect in hf.items(
+                    self.spec.hf, self._hf_token, http.session, http.allow_private,
+                    self.cursor.low):
+                error = ""
+                try:  # the Hub names its files: a name we cannot store is that file's error
+                    name = normalize_object_name(name)
+                except BadRequest as exc:
+                    error = exc.message
+                yield Item(index, name, link, expect=expect, error=error)
+
     async def _lane(self, queue: ChunkQueue, conns: int) -> None:
         """Runs chunks one after another with `conns` transfers at once (its share of the
         job's connections)."""
@@ -278,7 +300,7 @@ class JobRun:
         while (items := await queue.get()) is not None:
             held = await budget.take(self.id, min(conns, len(items)))
             chunk = Chunk(self.id, next(self._chunk_ids), spec.bucket.provider, spec.bucket.name,
-                          items, held, spec.headers, spec.timeout, self._write_through)
+                          items, held, self._headers, spec.timeout, self._write_through)
             watch = Watch(chunk)
             watch.discard = self.aborted
             self.watches.add(watch)

@@ -18,13 +18,14 @@ class SourceObject:
     version: str | None = None     # x-goog-generation, x-amz-version-id, ...
     md5: str | None = None         # hex
     crc32c: str | None = None      # hex
+    sha256: str | None = None      # hex (the Hugging Face Hub publishes it for LFS files)
 
     def custom(self, link: str) -> dict[str, str]:
         """The custom metadata stored with the object (AIS names where AIS has one)."""
         md = {"source": self.source, "link": link}
         for key, value in (("ETag", self.etag), ("LastModified", self.last_modified),
                            ("src_version", self.version), ("md5", self.md5),
-                           ("crc32c", self.crc32c)):
+                           ("crc32c", self.crc32c), ("sha256", self.sha256)):
             if value:
                 md[key] = value
         if self.size is not None:
@@ -36,16 +37,19 @@ class SourceObject:
         size = md.get("src_size")
         return cls(source=md.get("source", ""), size=int(size) if size else None,
                    etag=md.get("ETag"), last_modified=md.get("LastModified"),
-                   version=md.get("src_version"), md5=md.get("md5"), crc32c=md.get("crc32c"))
+                   version=md.get("src_version"), md5=md.get("md5"), crc32c=md.get("crc32c"),
+                   sha256=md.get("sha256"))
 
     def same_as(self, other: SourceObject) -> bool:
         """True when both describe the same bytes: nothing comparable differs and at least one
-        strong validator (version, ETag, MD5, CRC32C), or Last-Modified with size, matches."""
+        strong validator (version, ETag, MD5, CRC32C, SHA-256), or Last-Modified with size,
+        matches."""
         if self.size is not None and other.size is not None and self.size != other.size:
             return False
         strong = 0
         for mine, theirs in ((self.version, other.version), (self.etag, other.etag),
-                             (self.md5, other.md5), (self.crc32c, other.crc32c)):
+                             (self.md5, other.md5), (self.crc32c, other.crc32c),
+                             (self.sha256, other.sha256)):
             if mine and theirs:
                 if mine != theirs:
                     return False

@@ -174,6 +174,15 @@ def _translate(exc: BaseException, link: str, stall: float | None) -> SourceErro
     return SourceError(f"request failed: {exc}", transient=True)
 
 
+def _origin(url: str) -> tuple[str, str, int | None]:
+    parts = urlsplit(url)
+    try:
+        port = parts.port or {"http": 80, "https": 443}.get(parts.scheme.lower())
+    except ValueError:  # not a port: no origin of ours either
+        port = -1
+    return parts.scheme.lower(), (parts.hostname or "").lower(), port
+
+
 class HttpSource:
     """Reads http(s) links through the node's shared session (one connection pool)."""
 
@@ -185,10 +194,15 @@ class HttpSource:
                       timeout: aiohttp.ClientTimeout,
                       stall: float | None) -> aiohttp.ClientResponse:
         """GET, following redirects ourselves: aiohttp connects to an IP literal without asking
-        the resolver, so every hop's address is checked here (libcurl checks every socket)."""
-        url = link
+        the resolver, so every hop's address is checked here (libcurl checks every socket).
+        Credentials go to the link's own origin only, as libcurl sends them: a hop to another
+        scheme, host or port gets no `Authorization` or `Cookie` header."""
+        url, first = link, _origin(link)
         try:
             for _ in range(MAX_REDIRECTS + 1):
+                if _origin(url) != first:
+                    headers = [(k, v) for k, v in headers
+                               if k.lower() not in ("authorization", "cookie")]
                 host = urlsplit(url).hostname or ""
                 if is_ip_literal(host):
                     check_address(host.strip("[]"), self.allow_private)
