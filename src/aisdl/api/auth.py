@@ -84,7 +84,9 @@ def short_secret_warning(secret: bytes) -> str | None:
             " (e.g. `openssl rand -hex 32`)")
 
 
-OPEN_ROUTES = frozenset({("GET", "/v1/health")})
+# The dashboard's page and files hold no data (it asks for a token, then reads /ui/api/...).
+OPEN_ROUTES = frozenset({("GET", "/v1/health"), ("GET", "/"), ("GET", "/ui"),
+                         ("GET", "/ui/{file}")})
 
 
 @dataclass(frozen=True)
@@ -217,6 +219,7 @@ NEEDS: dict[tuple[str, str], Access | ByAction] = {
     ("GET", "/v1/download"): Access.SHOW_CLUSTER,  # one job's status: list on its bucket
     ("HEAD", "/v1/download"): Access.SHOW_CLUSTER,
     ("DELETE", "/v1/download/{action}"): Access.PUT,  # on the job's bucket
+    ("GET", "/ui/api/jobs/{id}"): Access.SHOW_CLUSTER,  # one job, as the dashboard reads it
 }
 JOB_ROUTES = frozenset({("GET", "/v1/download"), ("HEAD", "/v1/download"),
                         ("DELETE", "/v1/download/{action}")})
@@ -314,7 +317,7 @@ def checking(verifier: Verifier) -> Any:
     @web.middleware
     async def check_token(request: web.Request, handler: Handler) -> web.StreamResponse:
         resource = request.match_info.route.resource
-        route = resource.canonical.rstrip("/") if resource is not None else request.path
+        route = (resource.canonical.rstrip("/") or "/") if resource is not None else request.path
         if (request.method, route) in OPEN_ROUTES:
             return await handler(request)
         subject = "-"
