@@ -49,7 +49,7 @@ function perSecond(n) { return n >= 100 ? Math.round(n).toString() : n.toFixed(1
 function when(text) {
   if (!text || text === EPOCH) return "—";
   const d = new Date(text);
-  return isNaN(d) ? text : d.toLocaleString();
+  return isNaN(d) ? text : d.toLocaleString(undefined, { dateStyle: "short", timeStyle: "medium" });
 }
 
 function isFinished(job) { return Boolean(job.finished_time) && job.finished_time !== EPOCH; }
@@ -514,6 +514,7 @@ function wire() {
         $("description").value.trim(), Number($("conns").value) || 0);
       const { id } = await api("POST", "/v1/download", body);
       showAlert("");
+      $("start-form").reset(); // a second press must not start the same job again
       location.hash = "#/jobs/" + encodeURIComponent(id);
     } catch (err) {
       if (err instanceof Unauthorized) askForToken(err.message);
