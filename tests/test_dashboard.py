@@ -26,6 +26,7 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.remote.webdriver import WebDriver
 
+from aisdl.api.auth import RW
 from conftest import Node
 from helpers import free_port, wait_job
 from origin import payload
@@ -255,6 +256,30 @@ def test_start_watch_filter_stop_and_remove_a_job(node: Node, origin: Any, brows
     assert job not in ids and done in ids
 
 
+def test_errors_come_fifty_to_a_page(node: Node, origin: Any, browser: WebDriver) -> None:
+    s = session()
+    job = s.post(f"{node.endpoint}/v1/download", timeout=10, json={
+        "type": "range", "bucket": {"name": "pages"},
+        "template": origin.url + "/none/f-{0..119}.bin"}).json()["id"]  # 120 404s
+    wait_job(node.endpoint, job)
+    browser.get(f"{node.endpoint}/ui#/jobs/{job}")
+    until("the first page of errors", lambda: text(browser, "errors-page")
+          == "Errors 1–50 of 120")
+    assert len(rows(browser, "errors")) == 50
+    assert browser.find_element(By.ID, "errors-prev").get_attribute("disabled")
+    browser.find_element(By.ID, "errors-next").send_keys(Keys.ENTER)  # from the keyboard
+    until("the second page", lambda: text(browser, "errors-page") == "Errors 51–100 of 120")
+    browser.find_element(By.ID, "errors-next").click()
+    until("the last page", lambda: text(browser, "errors-page") == "Errors 101–120 of 120")
+    assert len(rows(browser, "errors")) == 20
+    assert browser.find_element(By.ID, "errors-next").get_attribute("disabled")
+    browser.find_element(By.ID, "error-filter").send_keys("F-11")  # any case
+    until("f-11 and f-110..f-119", lambda: text(browser, "errors-page") == "Errors 1–11 of 11")
+    names = sorted(r.split(" ")[0] for r in rows(browser, "errors"))
+    assert names == sorted(["f-11.bin", *(f"f-11{i}.bin" for i in range(10))])
+    assert text(browser, "error-count") == "11 of 120 match"
+
+
 def test_with_tokens_the_page_asks_for_one_and_works_with_it(
         origin: Any, browser: WebDriver, tmp_path: Path) -> None:
     secret = tmp_path / "secret"
@@ -281,6 +306,13 @@ def test_with_tokens_the_page_asks_for_one_and_works_with_it(
         status = session(good).get(f"{node.endpoint}/v1/download", json={"id": job},
                                    timeout=10).json()
         assert status["finished_cnt"] == 1 and status["error_cnt"] == 0
+        # a job's page needs what its AIS status needs: read access to the job's bucket
+        for bucket, code in (("secured", 200), ("elsewhere", 403)):
+            grant = [{"bck": {"name": bucket, "provider": "ais"}, "perm": str(int(RW))}]
+            scoped = jwt.encode({"sub": "bob", "buckets": grant, "exp": int(time.time()) + 600},
+                                SECRET, algorithm="HS256")
+            r = session(scoped).get(f"{node.endpoint}/ui/api/jobs/{job}", timeout=10)
+            assert r.status_code == code, f"{bucket}: {r.status_code} {r.text}"
         # the token lives in this tab only, and goes when asked to
         browser.find_element(By.ID, "forget-token").click()
         until("the token form again", lambda: shown(browser, "login-view"))

@@ -195,6 +195,7 @@ def _bucket_acl(acl: Mapping[str, Any]) -> tuple[str, Bucket, int]:
 # -- what each route needs ------------------------------------------------------------------------
 BUCKETS = "/v1/buckets/{bucket}"
 OBJECTS = "/v1/objects/{bucket}/{name}"
+UI_JOB = "/ui/api/jobs/{id}"  # one job, as the dashboard reads it (api/ui)
 ByAction = Mapping[str, Access]
 # (method, route) → the access it needs: one value, or one per action of its action message.
 NEEDS: dict[tuple[str, str], Access | ByAction] = {
@@ -219,7 +220,7 @@ NEEDS: dict[tuple[str, str], Access | ByAction] = {
     ("GET", "/v1/download"): Access.SHOW_CLUSTER,  # one job's status: list on its bucket
     ("HEAD", "/v1/download"): Access.SHOW_CLUSTER,
     ("DELETE", "/v1/download/{action}"): Access.PUT,  # on the job's bucket
-    ("GET", "/ui/api/jobs/{id}"): Access.SHOW_CLUSTER,  # one job, as the dashboard reads it
+    ("GET", UI_JOB): Access.OBJ_LIST,  # on the job's bucket, as its AIS status
 }
 JOB_ROUTES = frozenset({("GET", "/v1/download"), ("HEAD", "/v1/download"),
                         ("DELETE", "/v1/download/{action}")})
@@ -247,6 +248,8 @@ async def _needs(request: web.Request, route: str) -> list[tuple[Bucket | None, 
         if job_id:  # one job: its bucket's grant (an unknown job: cluster-wide, then 404)
             bucket = await _job_bucket(request, str(job_id))
             need = Access.OBJ_LIST if request.method != "DELETE" else need
+    if route == UI_JOB:  # an unknown job: cluster-wide, then 404
+        bucket = await _job_bucket(request, request.match_info["id"])
     if route == "/v1/download" and request.method == "POST":
         spec = (await _json_body(request)).get("bucket")
         try:

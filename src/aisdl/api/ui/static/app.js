@@ -24,7 +24,12 @@ async function api(method, path, body) {
     headers["Content-Type"] = "application/json"; // the node takes JSON only as JSON
     init.body = JSON.stringify(body);
   }
-  const response = await fetch(path, init);
+  let response;
+  try {
+    response = await fetch(path, init);
+  } catch (err) {
+    throw new Error(`the node did not answer (${err.message})`);
+  }
   const text = await response.text();
   let data = null;
   try { data = text ? JSON.parse(text) : null; } catch (_) { data = null; }
@@ -410,6 +415,7 @@ const app = {
   timer: null,
   generation: 0,   // a poll of a view that was left must not draw on the next one
   jobList: null,
+  pollFailed: false, // the alert shows why the last poll failed: cleared by the next success
 };
 
 function show(section) {
@@ -446,14 +452,14 @@ async function tick(generation) {
     await view.poll();
     if (generation !== app.generation) return;
     setLive("Updated " + new Date().toLocaleTimeString());
+    if (app.pollFailed) { app.pollFailed = false; showAlert(""); }
   } catch (err) {
     if (generation !== app.generation) return;
     if (err instanceof Unauthorized) { askForToken(err.message); return; }
-    setLive("Not updated: " + err.message);
-    if (view instanceof JobPage && /does not exist/.test(err.message)) {
-      showAlert(err.message);
-      return; // removed: nothing more to show here
-    }
+    setLive("Not updated");
+    showAlert(err.message); // e.g. a token without access to this, or the node gone
+    app.pollFailed = true;
+    if (view instanceof JobPage && /does not exist/.test(err.message)) return; // removed
   }
   const wait = Math.max(0, POLL_MS - (performance.now() - started));
   app.timer = setTimeout(() => tick(generation), wait);
