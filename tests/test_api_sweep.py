@@ -61,6 +61,8 @@ TESTED_IN: dict[str, str] = {
     "archmode": "test_list_flags_archive.py::test_get_members_that_match_is_a_tar_of_them",
     "archmime":
         "test_list_flags_archive.py::test_archmime_names_the_kind_of_a_shard_without_an_extension",
+    "errors_after": "test_dashboard.py::test_a_job_as_the_page_reads_it_only_what_is_new",
+    "tasks_after": "test_dashboard.py::test_a_job_as_the_page_reads_it_only_what_is_new",
     # values of `what`
     "what=smap": "test_rest_buckets_objects.py::test_smap_bmd_health",
     "what=bmd": "test_rest_buckets_objects.py::test_smap_bmd_health",
@@ -148,6 +150,11 @@ def samples(job_id: str, link: str) -> dict[tuple[str, str], Sample]:
         ("HEAD", "/v1/download"): Sample("HEAD", "/v1/download", {}, {}),
         ("DELETE", "/v1/download/{action}"): Sample("DELETE", "/v1/download/remove", {},
                                                     {"id": job_id}),
+        ("GET", "/"): Sample("GET", "/"),
+        ("GET", "/ui"): Sample("GET", "/ui"),
+        ("GET", "/ui/{file}"): Sample("GET", "/ui/app.js"),
+        ("GET", "/ui/api/jobs/{id}"): Sample("GET", f"/ui/api/jobs/{job_id}",
+                                             {"errors_after": "0", "tasks_after": "0"}),
     }
 
 
@@ -159,7 +166,8 @@ SAMPLE_ORDER = ("GET", "HEAD", "PATCH", "PUT", "POST", "DELETE")
 def app_routes(home: Path) -> list[tuple[str, str]]:
     """Every (method, route) the node serves, routes spelled as the table spells them."""
     app = create_app(NodeConfig(home=home))
-    return sorted({(r.method, r.resource.canonical.rstrip("/")) for r in app.router.routes()
+    return sorted({(r.method, r.resource.canonical.rstrip("/") or "/")
+                   for r in app.router.routes()
                    if r.resource is not None})
 
 
@@ -234,7 +242,7 @@ def names_in_use() -> set[str]:
 
 
 def test_every_route_is_in_the_table_and_the_sweep(tmp_path: Path) -> None:
-    table = {(m, r.rstrip("/")) for m, r in accepted.ROUTES}
+    table = {(m, r.rstrip("/") or "/") for m, r in accepted.ROUTES}
     sweep = set(samples("id", "http://h/x"))
     for route in app_routes(tmp_path):
         assert route in table, f"{route} is missing from api/accepted.py ROUTES"

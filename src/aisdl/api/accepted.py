@@ -106,6 +106,11 @@ ROUTES: dict[tuple[str, str], Accepts] = {
     ("GET", "/v1/download"): Accepts(body=Body.JSON),
     ("HEAD", "/v1/download"): Accepts(body=Body.JSON),
     ("DELETE", "/v1/download/{action}"): Accepts(body=Body.JSON),
+    # the dashboard (api/ui): its page, its files, and one job as the page reads it
+    ("GET", "/"): Accepts(),
+    ("GET", "/ui"): Accepts(),
+    ("GET", "/ui/{file}"): Accepts(),
+    ("GET", "/ui/api/jobs/{id}"): Accepts({"errors_after": ANY, "tasks_after": ANY}),
 }
 NOTHING = Accepts()  # a route missing from the table accepts no name at all
 _AIS_HEADERS = {h.lower() for h in ais_names.HEADERS}

@@ -84,7 +84,9 @@ def short_secret_warning(secret: bytes) -> str | None:
             " (e.g. `openssl rand -hex 32`)")
 
 
-OPEN_ROUTES = frozenset({("GET", "/v1/health")})
+# The dashboard's page and files hold no data (it asks for a token, then reads /ui/api/...).
+OPEN_ROUTES = frozenset({("GET", "/v1/health"), ("GET", "/"), ("GET", "/ui"),
+                         ("GET", "/ui/{file}")})
 
 
 @dataclass(frozen=True)
@@ -193,6 +195,7 @@ def _bucket_acl(acl: Mapping[str, Any]) -> tuple[str, Bucket, int]:
 # -- what each route needs ------------------------------------------------------------------------
 BUCKETS = "/v1/buckets/{bucket}"
 OBJECTS = "/v1/objects/{bucket}/{name}"
+UI_JOB = "/ui/api/jobs/{id}"  # one job, as the dashboard reads it (api/ui)
 ByAction = Mapping[str, Access]
 # (method, route) → the access it needs: one value, or one per action of its action message.
 NEEDS: dict[tuple[str, str], Access | ByAction] = {
@@ -217,6 +220,7 @@ NEEDS: dict[tuple[str, str], Access | ByAction] = {
     ("GET", "/v1/download"): Access.SHOW_CLUSTER,  # one job's status: list on its bucket
     ("HEAD", "/v1/download"): Access.SHOW_CLUSTER,
     ("DELETE", "/v1/download/{action}"): Access.PUT,  # on the job's bucket
+    ("GET", UI_JOB): Access.OBJ_LIST,  # on the job's bucket, as its AIS status
 }
 JOB_ROUTES = frozenset({("GET", "/v1/download"), ("HEAD", "/v1/download"),
                         ("DELETE", "/v1/download/{action}")})
@@ -244,6 +248,8 @@ async def _needs(request: web.Request, route: str) -> list[tuple[Bucket | None, 
         if job_id:  # one job: its bucket's grant (an unknown job: cluster-wide, then 404)
             bucket = await _job_bucket(request, str(job_id))
             need = Access.OBJ_LIST if request.method != "DELETE" else need
+    if route == UI_JOB:  # an unknown job: cluster-wide, then 404
+        bucket = await _job_bucket(request, request.match_info["id"])
     if route == "/v1/download" and request.method == "POST":
         spec = (await _json_body(request)).get("bucket")
         try:
@@ -314,7 +320,7 @@ def checking(verifier: Verifier) -> Any:
     @web.middleware
     async def check_token(request: web.Request, handler: Handler) -> web.StreamResponse:
         resource = request.match_info.route.resource
-        route = resource.canonical.rstrip("/") if resource is not None else request.path
+        route = (resource.canonical.rstrip("/") or "/") if resource is not None else request.path
         if (request.method, route) in OPEN_ROUTES:
             return await handler(request)
         subject = "-"
