@@ -17,11 +17,10 @@ from typing import Any
 import click
 
 from aisdl.cli.context import CliContext
-from aisdl.cli.params import units_option
+from aisdl.cli.params import UNITS_SHOWN, units_option
 from aisdl.models import SCHEME_PROVIDER, Bucket, check_bucket_name
 from aisdl.units import format_size
 
-UNITS_SHOWN = "Units of the sizes shown: iec (KiB, MiB, ...), si (KB, MB, ...) or raw (bytes)."
 FLAG_CACHED = 64  # AIS's apc.EntryIsCached in a listed entry's flags
 
 _URI = re.compile(r"^([A-Za-z][A-Za-z0-9]*)://(.*)$")

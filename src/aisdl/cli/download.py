@@ -16,6 +16,7 @@ from aisdl.cli.context import CliContext
 from aisdl.cli.params import (
     DURATION,
     SIZE,
+    UNITS_SHOWN,
     Dest,
     Source,
     parse_dest,
@@ -29,7 +30,6 @@ from aisdl.jobs.template import has_template
 
 RANGE_HINT = ('For range download, enclose source in quotation marks, e.g.:'
               ' "gs://imagenet/train-{00..99}.tgz"')
-UNITS_SHOWN = "Units of the sizes shown: iec (KiB, MiB, ...), si (KB, MB, ...) or raw (bytes)."
 
 
 class JobFailed(Exception):
@@ -155,8 +155,9 @@ def _is_backed_by(client: Client, dest: Dest, source: Source) -> bool:
               " brief summary.")
 @click.option("--json", "-j", "as_json", is_flag=True, help='Print {"id": JOB_ID} as JSON; with'
               " --wait or --progress the job's final status instead (bars go to stderr).")
-@units_option("Units of sizes: of --limit-bph (iec reads 1GB as 1GiB, si refuses GiB, raw"
-              " takes bytes only) and of the progress bars.")
+@units_option("Units of sizes: how --limit-bph is read (without --units its suffix decides;"
+              " iec reads 1GB as 1GiB, si refuses GiB, raw takes bytes only) and the progress"
+              " bars show them (iec, the default: MiB; si: MB; raw: bytes).")
 @click.pass_obj
 def start_download(obj: CliContext, args: tuple[str, ...], description: str,
                    timeout: float | None, sync: bool, max_conns: int, limit_bph: int | None,

@@ -187,6 +187,8 @@ class SizeType(click.ParamType):  # type: ignore[type-arg]
 
 
 _UNITS_KEY = "aisdl.units"
+UNITS_SHOWN = ("Units of the sizes shown: iec (KiB, MiB, ...; the default), si (KB, MB, ...) or"
+               " raw (bytes).")
 
 
 def _remember_units(ctx: click.Context, param: click.Parameter, value: str | None) -> str:
@@ -203,7 +205,7 @@ def units_option(help_text: str) -> Callable[[F], F]:
     """`--units iec|si|raw`, as AIS's CLI has it. Eager, so that it is known before the
     command's sizes are read, wherever it stands on the command line."""
     return click.option("--units", type=click.Choice(UNITS), default=None, is_eager=True,
-                        callback=_remember_units, show_default="iec", help=help_text)
+                        callback=_remember_units, help=help_text)
 
 
 DURATION = DurationType()
