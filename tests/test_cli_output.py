@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from aisdl.errors import BadRequest
 from aisdl.units import format_amount, format_rate, format_size, parse_size
 from conftest import Ais
 from helpers import wait_job
@@ -292,7 +293,7 @@ SIZES_TYPED = {
 def test_sizes_are_read_as_units_says(text, units):
     expected = SIZES_TYPED[(text, units)]
     if expected is None:
-        with pytest.raises(Exception, match=rf"with --units {units}"):
+        with pytest.raises(BadRequest, match=rf"with --units {units}"):
             parse_size(text, units=units)
     else:
         assert parse_size(text, units=units) == expected
