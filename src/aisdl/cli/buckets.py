@@ -4,18 +4,24 @@
 from __future__ import annotations
 
 import copy
+import itertools
 import json
 import os
 import re
 import sys
+import textwrap
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import click
 
 from aisdl.cli.context import CliContext
+from aisdl.cli.params import UNITS_SHOWN, units_option
 from aisdl.models import SCHEME_PROVIDER, Bucket, check_bucket_name
-from aisdl.units import iec
+from aisdl.units import format_size
+
+FLAG_CACHED = 64  # AIS's apc.EntryIsCached in a listed entry's flags
 
 _URI = re.compile(r"^([A-Za-z][A-Za-z0-9]*)://(.*)$")
 _TRUE = ("true", "yes", "on", "1")
@@ -69,20 +75,32 @@ def remove(obj: CliContext, buckets: tuple[str, ...]) -> None:
 @click.option("--prefix", default="", help="List only objects whose names start with PREFIX.")
 @click.option("--no-headers", "-H", is_flag=True, help="Print no table header.")
 @click.option("--cached", is_flag=True, help="Only objects stored in this node.")
+@click.option("--json", "-j", "as_json", is_flag=True,
+              help="Print the buckets or objects as a JSON array (sizes in bytes).")
+@units_option(UNITS_SHOWN)
 @click.pass_obj
-def ls(obj: CliContext, bucket: str | None, prefix: str, no_headers: bool, cached: bool) -> None:
+def ls(obj: CliContext, bucket: str | None, prefix: str, no_headers: bool, cached: bool,
+       as_json: bool, units: str) -> None:
     """List buckets, or the objects of BUCKET (`ais://b`, `ais://b/prefix`)."""
     if bucket is None:
+        if as_json:
+            _echo_json_array({"name": b.name, "provider": b.provider}
+                             for b in obj.client.list_buckets())
+            return
         _list_buckets(obj, no_headers)
         return
     bck, path_prefix = parse_uri(bucket)
     prefix = path_prefix + prefix
+    entries = obj.client.list_objects(bck, prefix=prefix, cached=cached)
+    if as_json:
+        _echo_json_array(_object_json(e) for e in entries)
+        return
     columns = _columns(obj, bck, cached)
     shown = 0
-    for entry in obj.client.list_objects(bck, prefix=prefix, cached=cached):
+    for entry in entries:
         if shown == 0 and not no_headers:
             click.echo("\t".join(columns))
-        click.echo("\t".join(_cell(entry, c) for c in columns))
+        click.echo("\t".join(_cell(entry, c, units) for c in columns))
         shown += 1
     if shown == 0 and not no_headers:
         where = f"{bck.cname}/{prefix}" if prefix else bck.cname
@@ -101,14 +119,36 @@ def _columns(obj: CliContext, bck: Bucket, cached: bool) -> tuple[str, ...]:
     return ("Name", "Size") if cached else ("Name", "Size", "Cached")
 
 
-def _cell(entry: dict[str, Any], column: str) -> str:
+def _cell(entry: dict[str, Any], column: str, units: str) -> str:
     if column == "Name":
         return str(entry["n"])
     if column == "Size":
-        return iec(entry.get("s", 0))
+        return format_size(entry.get("s", 0), units)
     if column == "Version":
         return str(entry.get("v", ""))
-    return "yes" if int(entry.get("f", 0)) & 64 else "no"
+    return "yes" if int(entry.get("f", 0)) & FLAG_CACHED else "no"
+
+
+def _object_json(entry: dict[str, Any]) -> dict[str, Any]:
+    """A listed object for scripts (README.md, "Output for scripts"): every field always."""
+    return {"name": str(entry["n"]), "size": int(entry.get("s", 0)),
+            "version": str(entry.get("v", "")),
+            "cached": bool(int(entry.get("f", 0)) & FLAG_CACHED)}
+
+
+def _echo_json_array(items: Iterator[dict[str, Any]]) -> None:
+    """A JSON array written as the items come (a listing is paged, never held whole), in the
+    4-space layout of AIS's CLI."""
+    first = next(items, None)  # the first page answers (or fails) before anything is printed
+    if first is None:
+        click.echo("[]")
+        return
+    click.echo("[", nl=False)
+    sep = "\n"
+    for item in itertools.chain([first], items):
+        click.echo(sep + textwrap.indent(json.dumps(item, indent=4), "    "), nl=False)
+        sep = ",\n"
+    click.echo("\n]")
 
 
 def _list_buckets(obj: CliContext, no_headers: bool) -> None:
@@ -234,8 +274,9 @@ def _flatten(props: dict[str, Any], prefix: str = "") -> dict[str, str]:
 @click.command("get")
 @click.argument("source", metavar="BUCKET/OBJECT")
 @click.argument("dest", required=False, metavar="[FILE|-]")
+@units_option(UNITS_SHOWN)
 @click.pass_obj
-def get(obj: CliContext, source: str, dest: str | None) -> None:
+def get(obj: CliContext, source: str, dest: str | None, units: str) -> None:
     """Download an object to FILE (default: its base name; `-` writes to stdout)."""
     bck, name = parse_uri(source)
     if not name:
@@ -259,7 +300,7 @@ def get(obj: CliContext, source: str, dest: str | None) -> None:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
-    click.echo(f'GET "{name}" from {bck.cname} as "{path}" [{iec(size)}]')
+    click.echo(f'GET "{name}" from {bck.cname} as "{path}" [{format_size(size, units)}]')
 
 
 @click.command("put")

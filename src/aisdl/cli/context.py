@@ -10,8 +10,10 @@ DEFAULT_ENDPOINT = "http://127.0.0.1:8080"
 
 
 class CliContext:
-    def __init__(self) -> None:
+    def __init__(self, no_color: bool = False) -> None:
         self.endpoint = os.environ.get("AIS_ENDPOINT", DEFAULT_ENDPOINT).rstrip("/")
+        # `--no-color`, or NO_COLOR set to anything but "" (https://no-color.org)
+        self.no_color = no_color or bool(os.environ.get("NO_COLOR"))
         self._token: str | None = None
         self._client: Client | None = None
 

@@ -16,14 +16,16 @@ from aisdl.cli.context import CliContext
 from aisdl.cli.params import (
     DURATION,
     SIZE,
+    UNITS_SHOWN,
     Dest,
     Source,
     parse_dest,
     parse_source,
     read_object_list,
+    units_option,
 )
 from aisdl.client import Client
-from aisdl.errors import AisdlError, BadRequest
+from aisdl.errors import AisdlError, BadRequest, NotFound
 from aisdl.jobs.template import has_template
 
 RANGE_HINT = ('For range download, enclose source in quotation marks, e.g.:'
@@ -190,12 +192,17 @@ def _is_backed_by(client: Client, dest: Dest, source: Source) -> bool:
               help="Branch, tag or commit of the repository.")
 @click.option("--hf-auth", default="", help="Hugging Face token for private and gated"
               " repositories (default: HF_TOKEN, else the token file huggingface_hub uses).")
+@click.option("--json", "-j", "as_json", is_flag=True, help='Print {"id": JOB_ID} as JSON; with'
+              " --wait or --progress the job's final status instead (bars go to stderr).")
+@units_option("Units of sizes: how --limit-bph is read (without --units its suffix decides;"
+              " iec reads 1GB as 1GiB, si refuses GiB, raw takes bytes only) and the progress"
+              " bars show them (iec, the default: MiB; si: MB; raw: bytes).")
 @click.pass_obj
 def start_download(obj: CliContext, args: tuple[str, ...], description: str,
                    timeout: float | None, sync: bool, max_conns: int, limit_bph: int | None,
                    object_list: str | None, progress: bool, progress_interval: float,
                    wait: bool, hf_model: str, hf_dataset: str, hf_file: str, hf_revision: str,
-                   hf_auth: str) -> None:
+                   hf_auth: str, as_json: bool, units: str) -> None:
     """Download SOURCE (a link, a range template, an ais:// object) into DESTINATION (ais://b/...).
 
     \b
@@ -231,20 +238,42 @@ def start_download(obj: CliContext, args: tuple[str, ...], description: str,
     if not existed:
         click.echo(f"Warning: destination bucket {dest.bucket.cname} doesn't exist. Bucket with"
                    " default properties will be created.", err=True)
+    if as_json:
+        if progress:
+            _finish_json(_show_progress(obj, job_id, progress_interval, units, stderr=True))
+        elif wait:
+            _finish_json(_wait_for(client, job_id, refresh=1.0, timeout=None))
+        else:
+            _echo_json({"id": job_id})
+        return
     click.echo(job_id)
     if progress:
-        _finish(_show_progress(client, job_id, progress_interval), bars=True)
+        _finish(_show_progress(obj, job_id, progress_interval, units), bars=True)
     elif wait:
         _finish(_wait_for(client, job_id, refresh=1.0, timeout=None), bars=False)
     else:
         click.echo(f"Run `ais show job download {job_id}` to monitor the progress of downloading.")
 
 
-def _show_progress(client: Client, job_id: str, refresh: float) -> dict[str, Any]:
+def _show_progress(obj: CliContext, job_id: str, refresh: float, units: str,
+                   stderr: bool = False) -> dict[str, Any]:
     from aisdl.cli.progress import show_progress  # rich loads only when bars are drawn
 
     with _watching(job_id):
-        return show_progress(client, job_id, refresh)
+        return show_progress(obj.client, job_id, refresh, units=units, no_color=obj.no_color,
+                             stderr=stderr)
+
+
+def _echo_json(value: Any) -> None:
+    """JSON as AIS's CLI prints it (4-space indent); stdout carries nothing else."""
+    click.echo(json.dumps(value, indent=4))
+
+
+def _finish_json(st: dict[str, Any]) -> None:
+    """A waited-for job's final status as JSON; exit code 1 when it has errors or was aborted."""
+    _echo_json(jobview.status_json(st, verbose=True))
+    if st["aborted"] or st["error_cnt"]:
+        raise JobFailed()
 
 
 def _finish(st: dict[str, Any], bars: bool) -> None:
@@ -283,34 +312,43 @@ def _wait_for(client: Client, job_id: str, refresh: float, timeout: float | None
 @click.option("--verbose", "-v", is_flag=True, help="Verbose output (files in flight, errors).")
 @click.option("--all", "show_all", is_flag=True,
               help="Include finished jobs (they are always listed; kept for AIStore scripts).")
-@click.option("--json", "-j", "as_json", is_flag=True, help="Print the raw status JSON.")
+@click.option("--json", "-j", "as_json", is_flag=True, help="Print the jobs (or the job's status)"
+              " as JSON; -v adds each job's errors and finished files.")
 @click.option("--no-headers", "-H", is_flag=True, help="Omit the table header.")
+@units_option(UNITS_SHOWN)
 @click.pass_obj
 def show_job(obj: CliContext, args: tuple[str, ...], regex: str, progress: bool,
              refresh: float, verbose: bool, show_all: bool, as_json: bool,
-             no_headers: bool) -> None:
+             no_headers: bool, units: str) -> None:
     """Show download jobs, or the status of one: `ais show job download [JOB_ID]`. With
     --refresh (and no --progress) the report repeats until the jobs finish (Ctrl-C stops).
     One job's exit code is that of `ais wait`: 1 when it ended with errors or was aborted."""
     job_id = _kind_and_id(args, "show job", required=False)
     client = obj.client
     if progress and job_id is not None:
-        _finish(_show_progress(client, job_id, refresh), bars=True)
+        st = _show_progress(obj, job_id, refresh, units, stderr=as_json)
+        if as_json:
+            _echo_json(jobview.status_json(st, verbose))
+            if st["aborted"] or st["error_cnt"]:
+                raise JobFailed()
+            return
+        _finish(st, bars=True)
         return
     repeat = click.get_current_context().get_parameter_source("refresh") \
         == click.core.ParameterSource.COMMANDLINE
     if job_id is None:
-        while _list_jobs(client, regex, as_json, no_headers) and repeat:
+        while _list_jobs(client, regex, as_json, no_headers, verbose) and repeat:
             time.sleep(refresh)
             click.echo()
         return
     with _watching(job_id):
         while True:
-            st = client.download_status(job_id)
-            if as_json:
-                click.echo(json.dumps(st, indent=4))
+            if as_json:  # without -v, the node leaves out the lists of errors and done files
+                st = client.download_status(job_id, only_active=not verbose)
+                _echo_json(jobview.status_json(st, verbose))
             else:
-                for line in jobview.status_lines(st, verbose):
+                st = client.download_status(job_id)
+                for line in jobview.status_lines(st, verbose, units):
                     click.echo(line)
             if jobview.is_finished(st) or not repeat:
                 break
@@ -320,12 +358,13 @@ def show_job(obj: CliContext, args: tuple[str, ...], regex: str, progress: bool,
         raise JobFailed()
 
 
-def _list_jobs(client: Client, regex: str, as_json: bool, no_headers: bool) -> bool:
+def _list_jobs(client: Client, regex: str, as_json: bool, no_headers: bool,
+               verbose: bool) -> bool:
     """Print the jobs; whether any of them is still running."""
     jobs = jobview.sort_jobs(client.list_downloads(regex=regex))
     running = any(not jobview.is_finished(j) for j in jobs)
     if as_json:
-        click.echo(json.dumps(jobs, indent=4))
+        _echo_json([_status_of(client, j) if verbose else jobview.job_json(j) for j in jobs])
         return running
     if not jobs:
         click.echo("No download jobs" + (f" matching {regex!r}" if regex else ""))
@@ -338,6 +377,14 @@ def _list_jobs(client: Client, regex: str, as_json: bool, no_headers: bool) -> b
     return running
 
 
+def _status_of(client: Client, job: dict[str, Any]) -> dict[str, Any]:
+    """A listed job's full status; the job as listed when it was removed meanwhile."""
+    try:
+        return jobview.status_json(client.download_status(job["id"]), verbose=True)
+    except NotFound:
+        return jobview.status_json(job, verbose=True)
+
+
 # -- wait, stop, rm -----------------------------------------------------------------------------
 @click.command("wait", cls=KindAndId)
 @click.argument("args", nargs=-1)
@@ -345,17 +392,27 @@ def _list_jobs(client: Client, regex: str, as_json: bool, no_headers: bool) -> b
               help="Refresh interval (e.g. 500ms, 1s).")
 @click.option("--progress", is_flag=True, help="Display progress bars.")
 @click.option("--timeout", type=DURATION, default=None, help="Give up waiting after this long.")
+@click.option("--json", "-j", "as_json", is_flag=True,
+              help="Print the job's final status as JSON (progress bars go to stderr).")
+@units_option(UNITS_SHOWN)
 @click.pass_obj
 def wait_download(obj: CliContext, args: tuple[str, ...], refresh: float, progress: bool,
-                  timeout: float | None) -> None:
+                  timeout: float | None, as_json: bool, units: str) -> None:
     """Wait for a download job to finish: `ais wait download JOB_ID` (or `ais wait JOB_ID`)."""
     job_id = _kind_and_id(args, "wait")
     assert job_id is not None
     client = obj.client
     if progress:
-        _finish(_show_progress(client, job_id, refresh), bars=True)
+        st = _show_progress(obj, job_id, refresh, units, stderr=as_json)
+        if as_json:
+            _finish_json(st)
+            return
+        _finish(st, bars=True)
         return
     st = _wait_for(client, job_id, refresh, timeout)
+    if as_json:
+        _finish_json(st)
+        return
     if st["aborted"] or st["error_cnt"]:
         _finish(st, bars=False)  # exit code 1 with the summary; none when all went well
 

@@ -24,8 +24,10 @@ EXIT_INTERRUPTED = 130  # Ctrl-C (128 + SIGINT, as shells report it)
 @click.group(context_settings=CONTEXT_SETTINGS)
 @click.version_option(package_name="aisdl", prog_name="ais",
                       message="%(prog)s (aisdl) %(version)s")
+@click.option("--no-color", is_flag=True, help="No colors or other text styles in the output"
+              " (also when NO_COLOR is set). Output that is not a terminal never has them.")
 @click.pass_context
-def cli(ctx: click.Context) -> None:
+def cli(ctx: click.Context, no_color: bool) -> None:
     """aisdl: download massive numbers of files into buckets, durably.
 
     A node keeps buckets and runs download jobs; `ais` talks to the node at $AIS_ENDPOINT
@@ -38,7 +40,7 @@ def cli(ctx: click.Context) -> None:
       2    the command itself failed: bad input or usage, unknown bucket or job, no node
       130  interrupted (Ctrl-C); a job being watched goes on in the background
     """
-    ctx.obj = CliContext()
+    ctx.obj = CliContext(no_color=no_color)
 
 
 @cli.group()

@@ -23,15 +23,18 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import click
 
 from aisdl.errors import BadRequest
 from aisdl.models import PROVIDER_SCHEME, SCHEME_PROVIDER, Bucket, check_bucket_name
-from aisdl.units import parse_duration, parse_size
+from aisdl.units import UNITS, parse_duration, parse_size
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 AIS_DEFAULT_PORT = 8080
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
@@ -169,7 +172,7 @@ class DurationType(click.ParamType):  # type: ignore[type-arg]  # generic only i
 
 
 class SizeType(click.ParamType):  # type: ignore[type-arg]
-    """`1GiB`, `500MB` or plain bytes → bytes (int)."""
+    """`1GiB`, `500MB` or plain bytes → bytes (int), read as the command's --units says."""
 
     name = "size"
 
@@ -178,9 +181,31 @@ class SizeType(click.ParamType):  # type: ignore[type-arg]
         if isinstance(value, int):
             return value
         try:
-            return parse_size(str(value))
+            return parse_size(str(value), units=given_units(ctx))
         except BadRequest as e:
             self.fail(e.message, param, ctx)
+
+
+_UNITS_KEY = "aisdl.units"
+UNITS_SHOWN = ("Units of the sizes shown: iec (KiB, MiB, ...; the default), si (KB, MB, ...) or"
+               " raw (bytes).")
+
+
+def _remember_units(ctx: click.Context, param: click.Parameter, value: str | None) -> str:
+    ctx.meta[_UNITS_KEY] = value or ""
+    return value or ""
+
+
+def given_units(ctx: click.Context | None) -> str:
+    """The command's --units, "" when not given (a size's suffix then decides, as in AIS)."""
+    return str(ctx.meta.get(_UNITS_KEY, "")) if ctx is not None else ""
+
+
+def units_option(help_text: str) -> Callable[[F], F]:
+    """`--units iec|si|raw`, as AIS's CLI has it. Eager, so that it is known before the
+    command's sizes are read, wherever it stands on the command line."""
+    return click.option("--units", type=click.Choice(UNITS), default=None, is_eager=True,
+                        callback=_remember_units, help=help_text)
 
 
 DURATION = DurationType()

@@ -3,7 +3,10 @@ from each polled status (the node does the accounting; this only renders).
 
 The bar of files fills with the files that are in the bucket: downloaded, or skipped as
 unchanged (counted as downloaded, as in `Done: 3 files downloaded, skipped: 1`). Failed files
-are counted beside it, never in it: a job with errors ends short of 100%."""
+are counted beside it, never in it: a job with errors ends short of 100%.
+
+Bars redraw only on a terminal; elsewhere (a pipe, a file) rich prints them once, at the end,
+without escape codes. `--no-color` / NO_COLOR leave out every text style, bold included."""
 
 from __future__ import annotations
 
@@ -13,7 +16,6 @@ from typing import Any
 from rich.console import Console
 from rich.progress import (
     BarColumn,
-    DownloadColumn,
     Progress,
     ProgressColumn,
     Task,
@@ -26,29 +28,37 @@ from rich.text import Text
 
 from aisdl.cli.jobview import display_total, is_finished
 from aisdl.client import Client
-from aisdl.units import iec
+from aisdl.units import format_amount, format_rate
 
 
 class AmountColumn(ProgressColumn):
-    """`64/141` on the files bar, `431.7/1.8 GiB` on a file's bar."""
+    """`64/141` on the files bar, `0.4/1.8 GiB` (in the --units asked for) on a file's bar."""
 
-    _bytes = DownloadColumn(binary_units=True)
+    def __init__(self, units: str) -> None:
+        super().__init__()
+        self.units = units
 
     def render(self, task: Task) -> Text:
         if task.fields.get("kind") == "count":
             return Text(f"{int(task.completed)}/{int(task.total or 0)}")
-        return self._bytes.render(task)
+        total = None if task.total is None else int(task.total)
+        return Text(format_amount(int(task.completed), total, self.units),
+                    style="progress.download")
 
 
 class CountsColumn(ProgressColumn):
-    """`skipped: 3, failed: 2` on the files bar; failures stand out."""
+    """`skipped: 3, failed: 2` on the files bar; failures stand out (in color)."""
+
+    def __init__(self, color: bool) -> None:
+        super().__init__()
+        self.failed_style = "bold red" if color else ""
 
     def render(self, task: Task) -> Text:
         if task.fields.get("kind") != "count":
             return Text("")
         failed = int(task.fields["failed"])
         text = Text(f"skipped: {task.fields['skipped']}, ")
-        text.append(f"failed: {failed}", style="bold red" if failed else "")
+        text.append(f"failed: {failed}", style=self.failed_style if failed else "")
         return text
 
 
@@ -67,18 +77,22 @@ class FileOnly(ProgressColumn):
 
 
 class SpeedColumn(ProgressColumn):
-    """Speed in binary units, as the rest of the CLI prints sizes (`1.4MiB/s`)."""
+    """Speed in the units the rest of the output uses (`1.4MiB/s`, `1.5MB/s`, `1468006B/s`)."""
+
+    def __init__(self, units: str) -> None:
+        super().__init__()
+        self.units = units
 
     def render(self, task: Task) -> Text:
         speed = task.finished_speed or task.speed
-        return Text("" if speed is None else f"{iec(speed, 1)}/s")
+        return Text("" if speed is None else format_rate(speed, self.units))
 
 
-def _bars(console: Console) -> Progress:
+def _bars(console: Console, units: str = "") -> Progress:
     return Progress(
-        TextColumn("{task.description}"), AmountColumn(), BarColumn(bar_width=None),
-        TaskProgressColumn(), FileOnly(TimeRemainingColumn()), FileOnly(SpeedColumn()),
-        CountsColumn(),
+        TextColumn("{task.description}"), AmountColumn(units), BarColumn(bar_width=None),
+        TaskProgressColumn(), FileOnly(TimeRemainingColumn()), FileOnly(SpeedColumn(units)),
+        CountsColumn(color=not console.no_color),
         console=console, expand=True,
     )
 
@@ -112,11 +126,12 @@ class JobBars:
             self.progress.update(self.files[name], completed=done, total=size or None)
 
 
-def show_progress(client: Client, job_id: str, refresh: float,
-                  console: Console | None = None) -> dict[str, Any]:
-    """Draw bars until the job finishes; return its final status."""
-    console = console or Console(stderr=False)
-    with _bars(console) as progress:
+def show_progress(client: Client, job_id: str, refresh: float, units: str = "",
+                  no_color: bool = False, stderr: bool = False) -> dict[str, Any]:
+    """Draw bars until the job finishes (on stderr when stdout is kept for JSON); return the
+    job's final status."""
+    console = Console(stderr=stderr, no_color=no_color or None)
+    with _bars(console, units) as progress:
         bars = JobBars(progress)
         while True:
             st = client.download_status(job_id, only_active=True)
