@@ -148,6 +148,7 @@ def samples(job_id: str, link: str) -> dict[tuple[str, str], Sample]:
         ("HEAD", "/v1/download"): Sample("HEAD", "/v1/download", {}, {}),
         ("DELETE", "/v1/download/{action}"): Sample("DELETE", "/v1/download/remove", {},
                                                     {"id": job_id}),
+        ("GET", "/metrics"): Sample("GET", "/metrics"),
     }
 
 

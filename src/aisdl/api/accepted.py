@@ -106,6 +106,7 @@ ROUTES: dict[tuple[str, str], Accepts] = {
     ("GET", "/v1/download"): Accepts(body=Body.JSON),
     ("HEAD", "/v1/download"): Accepts(body=Body.JSON),
     ("DELETE", "/v1/download/{action}"): Accepts(body=Body.JSON),
+    ("GET", "/metrics"): Accepts(),  # Prometheus sends no parameters
 }
 NOTHING = Accepts()  # a route missing from the table accepts no name at all
 _AIS_HEADERS = {h.lower() for h in ais_names.HEADERS}

@@ -217,6 +217,7 @@ NEEDS: dict[tuple[str, str], Access | ByAction] = {
     ("GET", "/v1/download"): Access.SHOW_CLUSTER,  # one job's status: list on its bucket
     ("HEAD", "/v1/download"): Access.SHOW_CLUSTER,
     ("DELETE", "/v1/download/{action}"): Access.PUT,  # on the job's bucket
+    ("GET", "/metrics"): Access.SHOW_CLUSTER,  # the node's figures (api/metrics.py)
 }
 JOB_ROUTES = frozenset({("GET", "/v1/download"), ("HEAD", "/v1/download"),
                         ("DELETE", "/v1/download/{action}")})
