@@ -65,18 +65,28 @@ def test_scrape_during_and_after_jobs_with_retries_errors_and_skips(origin: Any,
     for name, size in sizes.items():
         origin.add(f"/m/{name}", payload(name, size))
     origin.fault("/m/f0.bin", "fail_then_ok", status=503, n=2)  # two 5xx retries
-    origin.fault("/m/f1.bin", "retry_after", seconds=0, n=1)    # one 429
-    origin.fault("/m/f2.bin", "stall", after=1000, seconds=8, n=1)  # bytes, then silence
+    origin.fault("/m/f2.bin", "retry_after", seconds=0, n=1)    # one 429, then
+    origin.add_fault("/m/f2.bin", "stall", after=1000, seconds=8, n=1)  # bytes, then silence
     origin.fault("/m/f3.bin", "hang", seconds=8, n=1)           # no answer at all
     objects = {name: origin.url_for(f"/m/{name}") for name in sizes}
     objects["gone.bin"] = origin.url_for("/m/gone.bin")  # 404
     endpoint = node.endpoint
     job = start(endpoint, "m", objects, timeout="3s")  # the stall window
 
-    # During: the stalled and the hanging file hold the job for three seconds at least.
-    _, during = scrape(endpoint)
+    # During: the stalled and the hanging file hold the job for three seconds at least. The
+    # 429 before the stall comes from a fetch worker whose chunk still runs: it travels with
+    # the chunk's progress.
+    deadline = time.monotonic() + 2.5
+    while True:
+        _, during = scrape(endpoint)
+        seen = value(during, "aisdl_job_retries_total", job_id=job, cause="429")
+        if seen or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
     status = requests.get(f"{endpoint}/v1/download", json={"id": job}, timeout=10).json()
     assert status["finished_time"].startswith("1970"), "the job ended before the scrape"
+    assert seen == 1
+    assert value(during, "aisdl_retries_total", cause="429") == 1
     done = sum(value(during, "aisdl_job_files_total", job_id=job, outcome=o)
                for o in ("downloaded", "skipped", "evicted", "error"))
     assert done <= status["finished_cnt"] + status["error_cnt"]
