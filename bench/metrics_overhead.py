@@ -44,9 +44,9 @@ class Watcher(threading.Thread):
     """Prometheus and a dashboard: each second a scrape, the job list and each running job's
     full status."""
 
-    def __init__(self, endpoint: str) -> None:
+    def __init__(self, endpoint: str, what: frozenset[str]) -> None:
         super().__init__(daemon=True)
-        self.endpoint = endpoint
+        self.endpoint, self.what = endpoint, what
         self.stopped = threading.Event()
         self.scrapes: list[tuple[float, int]] = []  # (seconds, bytes) of each /metrics answer
         self.polls: list[float] = []                # seconds of each status round
@@ -58,9 +58,12 @@ class Watcher(threading.Thread):
             while not self.stopped.wait(WATCH_EVERY):
                 try:
                     t0 = time.perf_counter()
-                    r = s.get(f"{self.endpoint}/metrics", timeout=10)
-                    r.raise_for_status()
-                    self.scrapes.append((time.perf_counter() - t0, len(r.content)))
+                    if "metrics" in self.what:
+                        r = s.get(f"{self.endpoint}/metrics", timeout=10)
+                        r.raise_for_status()
+                        self.scrapes.append((time.perf_counter() - t0, len(r.content)))
+                    if "status" not in self.what:
+                        continue
                     t0 = time.perf_counter()
                     jobs = s.get(f"{self.endpoint}/v1/download", json={}, timeout=10).json()
                     for job in jobs:
@@ -77,6 +80,7 @@ class Watcher(threading.Thread):
 
 
 WATCHED = threading.Event()   # whether the next node is watched
+WATCH: set[str] = {"metrics", "status"}  # what the watcher asks for
 LAST: dict[str, Any] = {}     # what the watcher of the last watched node saw
 
 
@@ -85,7 +89,7 @@ class WatchedNode(bench.Node):
 
     def __init__(self, base: Path, log_path: Path, extra: list[str]) -> None:
         super().__init__(base, log_path, extra)
-        self.watcher = Watcher(self.endpoint) if WATCHED.is_set() else None
+        self.watcher = Watcher(self.endpoint, frozenset(WATCH)) if WATCHED.is_set() else None
         if self.watcher is not None:
             self.watcher.start()
 
@@ -107,7 +111,41 @@ def one_run(b: bench.Bench, w: bench.Workload, watched: bool) -> dict[str, Any]:
     if not res.ok:
         raise SystemExit(f"a run failed: {res.error}")
     return {"watched": watched, "wall": res.wall, "cpu": res.cpu,
-            "node_cpu": res.extra["node_cpu"], "others_cores": res.others_cores, **LAST}
+            "node_cpu": res.extra["node_cpu"], "others_cores": res.others_cores,
+            "job_wall": res.extra["job_wall"], "cli_wall": res.extra["cli_wall"], **LAST}
+
+
+def scrape_cost(jobs: int, repeats: int = 50) -> float:
+    """Seconds of CPU one scrape's collection and encoding take with `jobs` finished jobs'
+    series (in this process: a node's collector over a ledger, no HTTP)."""
+    from types import SimpleNamespace
+
+    from aiohttp import web
+    from prometheus_client import generate_latest
+
+    from aisdl.api import metrics
+    from aisdl.api.keys import DB, JOBS, NODE_ID
+    from aisdl.engine.chunks import Row
+    from aisdl.observe.ledger import Ledger
+
+    ledger = Ledger()
+    for j in range(jobs):
+        tally = ledger.open_job(f"dnl-{j:09d}", "ais://bench", 0, 0, 0)
+        ledger.recorded(tally, [Row(i, f"o{i}", 0, 1000, size=65536, placed=True)
+                                for i in range(100)])
+        ledger.retried(tally, {"5xx": 1})
+    app = web.Application()
+    app[JOBS] = SimpleNamespace(ledger=ledger, runs={},  # type: ignore[assignment]
+                                pool=SimpleNamespace(restarts=0,
+                                                     budget=SimpleNamespace(waiting=0)))
+    app[NODE_ID] = "bench"
+    app[DB] = SimpleNamespace(waiting=0)  # type: ignore[assignment]
+    registry = metrics.CollectorRegistry(auto_describe=False)
+    registry.register(metrics.NodeCollector(app))
+    t0 = time.process_time()
+    for _ in range(repeats):
+        generate_latest(registry)
+    return (time.process_time() - t0) / repeats
 
 
 def median(runs: list[dict[str, Any]], key: str) -> float:
@@ -131,12 +169,13 @@ def report(out: Path, runs: list[dict[str, Any]], facts: dict[str, Any]) -> Path
         " Runs alternate in pairs (plain/watched, then watched/plain). Command:"
         f" `{facts['command']}`.",
         "",
-        "| run | watched | wall (s) | node + workers CPU (s) | others (cores) | scrapes |",
-        "|---|---|---|---|---|---|",
+        "| run | watched | wall (s) | of it, the job (s) | node + workers CPU (s) |"
+        " others (cores) | scrapes |",
+        "|---|---|---|---|---|---|---|",
     ]
     for i, r in enumerate(runs, 1):
         lines.append(f"| {i} | {'yes' if r['watched'] else 'no'} | {r['wall']:.3f} |"
-                     f" {r['node_cpu']:.2f} | {r['others_cores']:.2f} |"
+                     f" {r['job_wall']:.3f} | {r['node_cpu']:.2f} | {r['others_cores']:.2f} |"
                      f" {len(r.get('scrapes', []))} |")
     wall_loss = median(watched, "wall") / median(plain, "wall") - 1
     cpu_loss = median(watched, "node_cpu") / median(plain, "node_cpu") - 1
@@ -146,6 +185,9 @@ def report(out: Path, runs: list[dict[str, Any]], facts: dict[str, Any]) -> Path
         "|---|---|---|---|",
         f"| median wall (s) | {median(plain, 'wall'):.3f} | {median(watched, 'wall'):.3f} |"
         f" {100 * wall_loss:+.1f}% |",
+        f"| median job (s) | {median(plain, 'job_wall'):.3f} |"
+        f" {median(watched, 'job_wall'):.3f} |"
+        f" {100 * (median(watched, 'job_wall') / median(plain, 'job_wall') - 1):+.1f}% |",
         f"| median node CPU (s) | {median(plain, 'node_cpu'):.2f} |"
         f" {median(watched, 'node_cpu'):.2f} | {100 * cpu_loss:+.1f}% |",
         "",
@@ -153,9 +195,16 @@ def report(out: Path, runs: list[dict[str, Any]], facts: dict[str, Any]) -> Path
     if scrapes:
         lines.append(f"A scrape answered in {1000 * statistics.median(s for s, _ in scrapes):.1f}"
                      f" ms (median; worst {1000 * max(s for s, _ in scrapes):.1f} ms) with"
-                     f" {statistics.median(n for _, n in scrapes) / 1024:.1f} KiB; a status"
-                     f" round (list + running jobs) in {1000 * statistics.median(polls):.1f} ms"
-                     " (median).")
+                     f" {statistics.median(n for _, n in scrapes) / 1024:.1f} KiB.")
+    if polls:
+        lines.append(f"A status round (list + running jobs) answered in"
+                     f" {1000 * statistics.median(polls):.1f} ms (median).")
+    costs = facts.get("scrape_cost", {})
+    if costs:
+        lines.append("")
+        lines.append("CPU of one scrape in the node (collect and encode, no HTTP), by the number"
+                     " of jobs whose series it holds: " + ", ".join(
+                         f"{n} jobs {1000 * c:.2f} ms" for n, c in costs.items()) + ".")
     failures = [f for r in watched for f in r.get("failures", [])]
     if failures:
         lines.append(f"Failed watcher requests: {len(failures)} (first: {failures[0]}).")
@@ -173,7 +222,11 @@ def main() -> int:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--pairs", type=int, default=8, help="plain/watched pairs (default 8)")
     ap.add_argument("--out", default=str(bench.BENCH / "results" / "metrics"))
+    ap.add_argument("--watch", default="metrics,status",
+                    help="what the watcher asks for: metrics, status or both (the default)")
     args = ap.parse_args()
+    WATCH.clear()
+    WATCH.update(w.strip() for w in args.watch.split(",") if w.strip())
     if not (SRC / "manifest.json").exists():
         ap.error(f"no source data in {SRC}: run bench/run.py once (it makes it)")
     subprocess.run([sys.executable, "-m", "compileall", "-q", str(bench.REPO / "src")],
@@ -195,7 +248,8 @@ def main() -> int:
                                         "--dirty"], capture_output=True, text=True).stdout.strip(),
              "machine": f"{os.cpu_count()} cores",
              "load": " ".join(Path("/proc/loadavg").read_text().split()[:3]),
-             "command": "uv run python bench/metrics_overhead.py " + " ".join(sys.argv[1:])}
+             "command": "uv run python bench/metrics_overhead.py " + " ".join(sys.argv[1:]),
+             "watch": sorted(WATCH)}
     runs: list[dict[str, Any]] = []
     try:
         b.manifest = bench.make_data(b.data)
@@ -210,6 +264,7 @@ def main() -> int:
     finally:
         b.nginx.stop()
         shutil.rmtree(TMPFS / "run", ignore_errors=True)
+    facts["scrape_cost"] = {n: scrape_cost(n) for n in (1, 100, 1000)}
     bench.log(f"report: {report(out, runs, facts)}")
     return 0
 

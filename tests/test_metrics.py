@@ -16,9 +16,10 @@ from prometheus_client.openmetrics.parser import (
 )
 from prometheus_client.parser import text_string_to_metric_families
 
+from aisdl.engine.chunks import Row
 from aisdl.engine.retry import retry_cause
 from aisdl.errors import SourceError
-from aisdl.observe.ledger import RateWindow, WorstWindow, error_class
+from aisdl.observe.ledger import Ledger, RateWindow, WorstWindow, error_class
 from conftest import Node
 from helpers import free_port, wait_job
 from origin import payload
@@ -113,6 +114,7 @@ def test_scrape_during_and_after_jobs_with_retries_errors_and_skips(origin: Any,
     assert value(after, "ais_target_dl_ns_total", bucket="ais://m", node_id=node_id) > 0
     assert value(after, "ais_target_err_dl_count", node_id=node_id) == 1
     assert value(after, "aisdl_jobs_running") == 0
+    assert ("aisdl_job_transfers_in_flight", frozenset({("job_id", job)})) not in after
     assert value(after, "aisdl_database_transaction_seconds_count") > 0
 
     # Run again: the origin says nothing changed, every file is skipped.
@@ -212,6 +214,26 @@ def test_rate_window_with_a_fake_clock() -> None:
     assert rate.rate() == 0.0
     rate.sample(400)  # a total that fell (never negative)
     assert rate.rate() == 0.0
+
+
+def test_job_rates_with_a_fake_clock() -> None:
+    now = [0.0]
+    ledger = Ledger(clock=lambda: now[0])
+    tally = ledger.open_job("j", "ais://b", 0, 0, 0)
+    for i in range(5):  # a file of 100 bytes a second
+        ledger.recorded(tally, [Row(i, f"o{i}", 0, 10, size=100, placed=True)])
+        ledger.sample({"j": 50}, 0.0)
+        now[0] += 1
+    assert tally.files_rate.rate() == pytest.approx(1.0)
+    assert tally.bytes_rate.rate() == pytest.approx(100.0)
+    assert ledger.bytes_rate.rate() == pytest.approx(100.0)
+    for _ in range(30):  # the job has ended: its rates fall to 0, then it is left alone
+        ledger.sample({}, 0.0)
+        now[0] += 1
+    assert tally.files_rate.rate() == tally.bytes_rate.rate() == 0.0
+    assert len(tally.files_rate.samples) <= 12
+    assert ledger.snapshot()[2]["j"].files == {"downloaded": 5, "skipped": 0, "evicted": 0,
+                                                "error": 0}
 
 
 def test_worst_window_forgets_old_lag() -> None:

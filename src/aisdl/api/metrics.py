@@ -179,15 +179,16 @@ class NodeCollector(Collector):
             for outcome in OUTCOMES:
                 job_files.add_metric((job_id, outcome), t.files.get(outcome, 0))
             job_bytes.add_metric((job_id,), t.bytes)
-            job_files_rate.add_metric((job_id,), t.files_rate.rate())
-            job_bytes_rate.add_metric((job_id,), t.bytes_rate.rate())
+            if job_id in in_flight:  # running (an ended job's gauges would say 0: left out)
+                job_files_rate.add_metric((job_id,), t.files_rate.rate())
+                job_bytes_rate.add_metric((job_id,), t.bytes_rate.rate())
+                job_in_flight.add_metric((job_id,), in_flight[job_id])
             retried = dict(t.retries)
             _add_all(retried, live_retries.get(job_id, {}))
             for cause, n in sorted(retried.items()):
                 job_retries.add_metric((job_id, cause), n)
             for cls, n in sorted(t.errors.items()):
                 job_errors.add_metric((job_id, cls), n)
-            job_in_flight.add_metric((job_id,), in_flight.get(job_id, 0))
         yield from (job_files, job_bytes, job_files_rate, job_bytes_rate, job_retries,
                     job_errors, job_in_flight)
 

@@ -129,6 +129,7 @@ class JobTally(Tally):
     bucket: str = ""  # the destination bucket, as AIS names it (`ais://b`)
     files_rate: RateWindow = field(default_factory=RateWindow)
     bytes_rate: RateWindow = field(default_factory=RateWindow)
+    sampled_until: float = 0.0  # a job that ended is sampled one window more (its rates fall)
 
 
 @dataclass
@@ -219,9 +220,15 @@ class Ledger:
 
     # -- sampled once a second --------------------------------------------------------------
     def sample(self, in_flight_bytes: Mapping[str, int], lag: float) -> None:
-        """Samples for the rates (bytes in flight count as they arrive) and the loop's lag."""
+        """Samples for the rates of the node and of the jobs that run (`in_flight_bytes` has
+        them all; bytes in flight count as they arrive), and the loop's lag."""
+        now = self.clock()
         with self._lock:
             for job_id, tally in self.jobs.items():
+                if job_id in in_flight_bytes:
+                    tally.sampled_until = now + tally.files_rate.window
+                elif now > tally.sampled_until:  # its rates have fallen to 0: nothing to do
+                    continue
                 tally.files_rate.sample(tally.done)
                 tally.bytes_rate.sample(tally.bytes + in_flight_bytes.get(job_id, 0))
             self.files_rate.sample(self.node.done)
