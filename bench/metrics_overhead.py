@@ -148,6 +148,32 @@ def scrape_cost(jobs: int, repeats: int = 50) -> float:
     return (time.process_time() - t0) / repeats
 
 
+def request_cost(b: bench.Bench, w: bench.Workload, repeats: int = 200) -> dict[str, float]:
+    """Seconds of the node's CPU per request, after a run of the workload (its job holds 1,000
+    finished tasks, as a dashboard shows them): a scrape, and a dashboard's status round."""
+    base = b.prepare(w)
+    node = bench.Node(base, b.logs / "cost-node.log", [])
+    try:
+        argv = [str(bench.AIS), "start", "download", w.template(b.nginx.base),
+                f"ais://{bench.BUCKET}/"]
+        job, _ = bench.start_job(argv, b.logs / "cost-cli.log", node)
+        while node.status(job)["finished_time"] == bench.EPOCH:
+            time.sleep(0.25)
+        costs = {}
+        with requests.Session() as s:
+            s.trust_env = False
+            for what, path, body in (("scrape", "/metrics", None),
+                                     ("status", "/v1/download", {"id": job})):
+                cpu0 = bench.proc_cpu(node.pid)
+                for _ in range(repeats):
+                    s.get(node.endpoint + path, json=body, timeout=10).raise_for_status()
+                costs[what] = (bench.proc_cpu(node.pid) - cpu0) / repeats
+        return costs
+    finally:
+        node.stop()
+        shutil.rmtree(base, ignore_errors=True)
+
+
 def median(runs: list[dict[str, Any]], key: str) -> float:
     return statistics.median(r[key] for r in runs)
 
@@ -199,6 +225,20 @@ def report(out: Path, runs: list[dict[str, Any]], facts: dict[str, Any]) -> Path
     if polls:
         lines.append(f"A status round (list + running jobs) answered in"
                      f" {1000 * statistics.median(polls):.1f} ms (median).")
+    per_request = facts.get("request_cost", {})
+    if per_request:
+        # once a second during the job: its share of the CPU the run costs without it
+        share = {k: 100 * c * median(plain, "job_wall") / median(plain, "node_cpu")
+                 for k, c in per_request.items()}
+        lines.append("")
+        lines.append(f"The node's CPU per request, after a run (its job showing 1,000 finished"
+                     f" tasks): a scrape {1000 * per_request['scrape']:.2f} ms, a job's full"
+                     f" status {1000 * per_request['status']:.2f} ms. Once a second each, on a"
+                     f" run that keeps the node and its workers busy for"
+                     f" {median(plain, 'node_cpu'):.2f} s of CPU over"
+                     f" {median(plain, 'job_wall'):.2f} s, that is {share['scrape']:.2f}% of"
+                     f" its CPU for the scrapes and {share['status']:.2f}% for the status"
+                     " polls.")
     costs = facts.get("scrape_cost", {})
     if costs:
         lines.append("")
@@ -265,6 +305,11 @@ def main() -> int:
         b.nginx.stop()
         shutil.rmtree(TMPFS / "run", ignore_errors=True)
     facts["scrape_cost"] = {n: scrape_cost(n) for n in (1, 100, 1000)}
+    b.nginx.start()
+    try:
+        facts["request_cost"] = request_cost(b, w)
+    finally:
+        b.nginx.stop()
     bench.log(f"report: {report(out, runs, facts)}")
     return 0
 

@@ -280,7 +280,7 @@ class _Events:
         self.slots.strained(self.ticket)
 
     def retried(self, cause: str) -> None:
-        self.watch.retries[cause] = self.watch.retries.get(cause, 0) + 1
+        self.watch.retried({cause: 1})
         self.watch.changed = True
 
 
