@@ -155,6 +155,7 @@ def samples(job_id: str, link: str) -> dict[tuple[str, str], Sample]:
         ("GET", "/ui/{file}"): Sample("GET", "/ui/app.js"),
         ("GET", "/ui/api/jobs/{id}"): Sample("GET", f"/ui/api/jobs/{job_id}",
                                              {"errors_after": "0", "tasks_after": "0"}),
+        ("GET", "/metrics"): Sample("GET", "/metrics"),
     }
 
 

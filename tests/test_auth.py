@@ -63,7 +63,8 @@ READ_ONLY_ALLOWED = {("GET", "/v1/buckets"), ("GET", "/v1/buckets/{bucket}"),
                      ("HEAD", "/v1/buckets/{bucket}"), ("GET", "/v1/objects/{bucket}/{name}"),
                      ("HEAD", "/v1/objects/{bucket}/{name}"), ("GET", "/v1/daemon"),
                      ("GET", "/v1/cluster"), ("GET", "/v1/download"), ("HEAD", "/v1/download"),
-                     ("GET", "/v1/health"), ("GET", "/ui/api/jobs/{id}")}
+                     ("GET", "/v1/health"), ("GET", "/ui/api/jobs/{id}"),
+                     ("GET", "/metrics")}
 
 
 def expected(kind: str, route: tuple[str, str]) -> int:

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+import requests
 
 from aisdl.errors import AisdlError
 from aisdl.models import Bucket
@@ -105,5 +106,7 @@ def test_a_request_that_cannot_write_is_told_to_come_back(tmp_path: Path) -> Non
         other.close()
         c.put_object(b, "o", b"data")
         assert c.get_object(b, "o").content == b"data"
+        metrics = requests.get(f"{node.endpoint}/metrics", timeout=10).text
+        assert "aisdl_database_refused_total 1.0" in metrics  # the refused PUT
     finally:
         node.stop()

@@ -145,6 +145,9 @@ class Events:
     def strained(self) -> None:
         self.strains += 1
 
+    def retried(self, cause: str) -> None:
+        pass
+
 
 def _serve_later(listener: socket.socket, after: float) -> None:
     """Accept nothing for `after` seconds (the listen backlog stays full), then answer each

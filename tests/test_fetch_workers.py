@@ -12,6 +12,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+import requests
 
 from aisdl.models import Bucket
 from conftest import Node
@@ -91,6 +92,8 @@ def test_a_worker_killed_mid_job_costs_no_file(origin, node2):
     assert not {f"/w/{name}" for name in placed} & set(fetched_twice(origin, "/w/"))
     assert "fetch worker" in node2.log() and "exited" in node2.log()
     assert len(workers_of(node2.proc.pid)) == 2  # replaced
+    metrics = requests.get(f"{node2.endpoint}/metrics", timeout=10).text
+    assert "aisdl_fetch_worker_restarts_total 1.0" in metrics
     work = [p for p in node2.home.rglob("*") if ".work" in p.parts and p.is_file()]
     assert work == []
 

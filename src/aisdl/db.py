@@ -6,10 +6,11 @@ from __future__ import annotations
 import asyncio
 import os
 import sqlite3
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 from aisdl.errors import DatabaseRefused
 
@@ -45,10 +46,18 @@ CREATE INDEX IF NOT EXISTS job_tasks_by_job ON job_tasks (job_id);
 """
 
 
+class TransactionObserver(Protocol):
+    """Told of each transaction on the database thread, as it ends (the node's metrics)."""
+
+    def transaction(self, seconds: float, refused: bool) -> None: ...
+
+
 class Database:
     def __init__(self, path: Path) -> None:
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite")
         self.conn: sqlite3.Connection = self._pool.submit(self._open, path).result()
+        self.observer: TransactionObserver | None = None
+        self.waiting = 0  # calls handed to the database thread and not yet done (its queue)
 
     @staticmethod
     def _open(path: Path) -> sqlite3.Connection:
@@ -68,6 +77,7 @@ class Database:
 
     def _in_transaction(self, fn: Callable[[sqlite3.Connection], T],
                         then: Callable[[T], None] | None = None) -> T:
+        began = time.perf_counter()
         try:
             self.conn.execute("BEGIN IMMEDIATE")
             try:
@@ -79,10 +89,14 @@ class Database:
                 raise
         except sqlite3.Error as exc:
             code = getattr(exc, "sqlite_errorcode", 0) & 0xFF  # the primary result code
+            if self.observer is not None:
+                self.observer.transaction(time.perf_counter() - began, code in _REFUSALS)
             if code in _REFUSALS:
                 raise DatabaseRefused(f"the node's database refused the write ({exc});"
                                       " try again later", full=code == sqlite3.SQLITE_FULL) from exc
             raise
+        if self.observer is not None:
+            self.observer.transaction(time.perf_counter() - began, False)
         if then is not None:
             then(result)
         return result
@@ -92,7 +106,11 @@ class Database:
         """Run `fn(conn)` in one transaction on the database thread, then `then(result)` on
         that thread once the transaction has committed (in the order the calls were made)."""
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._pool, self._in_transaction, fn, then)
+        self.waiting += 1
+        try:
+            return await loop.run_in_executor(self._pool, self._in_transaction, fn, then)
+        finally:
+            self.waiting -= 1
 
     def run_sync(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """Same as `run`, for start-up code that has no loop yet."""

@@ -111,6 +111,7 @@ ROUTES: dict[tuple[str, str], Accepts] = {
     ("GET", "/ui"): Accepts(),
     ("GET", "/ui/{file}"): Accepts(),
     ("GET", "/ui/api/jobs/{id}"): Accepts({"errors_after": ANY, "tasks_after": ANY}),
+    ("GET", "/metrics"): Accepts(),  # Prometheus sends no parameters
 }
 NOTHING = Accepts()  # a route missing from the table accepts no name at all
 _AIS_HEADERS = {h.lower() for h in ais_names.HEADERS}

@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from aisdl.api import auth, buckets, cluster, download, keys, objects, ui
+from aisdl.api import auth, buckets, cluster, download, keys, metrics, objects, ui
 from aisdl.api.browser import guard_browsers
 from aisdl.api.middleware import MAX_REQUEST_BODY, ais_errors, only_what_is_carried_out
 from aisdl.api.tls_redirect import redirect_object_puts
@@ -31,7 +31,7 @@ def create_app(config: NodeConfig) -> web.Application:
     app[keys.CONFIG] = config
     app[keys.NODE_ID] = _node_id(config)
     app.cleanup_ctx.append(_resources)
-    for module in (cluster, buckets, objects, download, ui):
+    for module in (cluster, buckets, objects, download, metrics, ui):
         module.setup(app)
     return app
 

@@ -221,6 +221,7 @@ NEEDS: dict[tuple[str, str], Access | ByAction] = {
     ("HEAD", "/v1/download"): Access.SHOW_CLUSTER,
     ("DELETE", "/v1/download/{action}"): Access.PUT,  # on the job's bucket
     ("GET", UI_JOB): Access.OBJ_LIST,  # on the job's bucket, as its AIS status
+    ("GET", "/metrics"): Access.SHOW_CLUSTER,  # the node's figures (api/metrics.py)
 }
 JOB_ROUTES = frozenset({("GET", "/v1/download"), ("HEAD", "/v1/download"),
                         ("DELETE", "/v1/download/{action}")})

@@ -113,9 +113,14 @@ class InFlight(msgspec.Struct, array_like=True):
         self.downloaded += nbytes
 
 
+# Retries of a chunk's fetches by cause (engine/retry.py RETRY_CAUSES), since the last report
+Retries = dict[str, int]
+
+
 class ChunkResult(msgspec.Struct):
     id: int
     rows: list[Row]
+    retries: Retries = {}
 
 
 class ChunkProgress(msgspec.Struct):
@@ -125,6 +130,7 @@ class ChunkProgress(msgspec.Struct):
     id: int
     in_flight: list[InFlight]
     rows: list[Row]
+    retries: Retries = {}
 
 
 CHUNK_ENCODER = msgspec.msgpack.Encoder()
@@ -149,6 +155,16 @@ class Watch:
         self.changed = False  # progress not yet reported (worker side)
         self.sent = 0         # rows reported so far (worker side)
         self.taken = 0        # rows handed to the job's records so far (node side)
+        self.retries: Retries = {}  # by cause: not yet reported (worker side), all (node side)
+
+    def retried(self, retries: Retries) -> None:
+        for cause, n in retries.items():
+            self.retries[cause] = self.retries.get(cause, 0) + n
+
+    def unreported_retries(self) -> Retries:
+        """The retries since the last report (worker side)."""
+        retries, self.retries = self.retries, {}
+        return retries
 
     def new_rows(self) -> list[Row]:
         """The rows not yet handed to the job's records (node side)."""
@@ -265,6 +281,10 @@ class _Events:
 
     def strained(self) -> None:
         self.slots.strained(self.ticket)
+
+    def retried(self, cause: str) -> None:
+        self.watch.retried({cause: 1})
+        self.watch.changed = True
 
 
 class ChunkRunner:

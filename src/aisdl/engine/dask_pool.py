@@ -106,7 +106,8 @@ async def run_chunk_task(data: bytes) -> bytes:
     finally:
         reporter.cancel()
         _state.running.pop(key, None)
-    return CHUNK_ENCODER.encode(ChunkResult(watch.chunk.id, watch.rows))
+    return CHUNK_ENCODER.encode(ChunkResult(watch.chunk.id, watch.rows,
+                                            watch.unreported_retries()))
 
 
 async def _report(worker: Any, watch: Watch) -> None:
@@ -117,7 +118,8 @@ async def _report(worker: Any, watch: Watch) -> None:
             watch.changed = False
             for f in watch.in_flight.values():
                 f.worker = name
-            progress = ChunkProgress(watch.chunk.id, list(watch.in_flight.values()), [])
+            progress = ChunkProgress(watch.chunk.id, list(watch.in_flight.values()), [],
+                                     watch.unreported_retries())
             worker.log_event(TOPIC, {"job": watch.chunk.job,
                                      "progress": CHUNK_ENCODER.encode(progress)})
 
@@ -155,6 +157,7 @@ class DaskPool:
         self.budget = ConnectionBudget(config.max_connections)
         self.client: Any = None
         self.waiting = ""  # the scheduler is gone: chunks wait for it
+        self.restarts = 0  # (Dask's nanny restarts its workers; the node sees none)
         self.workers: list[str] = []
         self._connected = asyncio.Event()
         self._watches: dict[tuple[str, int], Watch] = {}
@@ -251,6 +254,7 @@ class DaskPool:
         watch = self._watches.get((message["job"], progress.id))
         if watch is not None:
             watch.in_flight = {f.index: f for f in progress.in_flight}
+            watch.retried(progress.retries)
 
     async def run_chunk(self, watch: Watch, throttle: TokenBucket | None = None) -> None:
         if throttle is not None:
@@ -268,7 +272,9 @@ class DaskPool:
                     data = await self._submit(watch, priority)
                 except _SchedulerLost:
                     continue
-                watch.rows.extend(RESULT_DECODER.decode(data).rows)
+                result = RESULT_DECODER.decode(data)
+                watch.rows.extend(result.rows)
+                watch.retried(result.retries)
                 return
         finally:
             self._watches.pop(key, None)

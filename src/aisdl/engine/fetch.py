@@ -19,7 +19,7 @@ import xxhash
 from aisdl.config import RetryPolicy, TransferLimits
 from aisdl.engine.hostlimit import overloaded
 from aisdl.engine.limits import TokenBucket
-from aisdl.engine.retry import backoff_delay, should_retry
+from aisdl.engine.retry import backoff_delay, retry_cause, should_retry
 from aisdl.errors import SourceError
 from aisdl.sources.base import SourceObject
 from aisdl.sources.http import stalled
@@ -46,6 +46,9 @@ class FetchEvents(TaskEvents, Protocol):
     per-host limit (engine/hostlimit.py)."""
 
     def strained(self) -> None: ...
+
+    def retried(self, cause: str) -> None:
+        """A failed try is tried again; `cause` is one of engine/retry.py's RETRY_CAUSES."""
 
 
 @dataclass
@@ -95,8 +98,9 @@ class Fetcher:
         failures = attempts = 0
         size = furthest = _size(req.work)  # furthest: the most bytes the work file has held
         while True:
+            before = size
             try:
-                return await self._attempt(req, events, size)
+                return await self._attempt(req, events, before)
             except SourceError as err:
                 attempts += 1
                 if overloaded(err):
@@ -110,6 +114,7 @@ class Fetcher:
                         self.policy, failures, err):
                     discard(req.work)
                     raise
+                events.retried(retry_cause(err, got_bytes=size > before))
                 delay = backoff_delay(self.policy, failures, err)
                 log.info("retrying %s in %.2fs: %s", req.link, delay, err.message)
                 failures += 1

@@ -247,6 +247,11 @@ class ConnectionBudget:
         self._served: dict[Hashable, int] = {}
         self._turns = itertools.count()
 
+    @property
+    def waiting(self) -> int:
+        """Chunks waiting for connections."""
+        return sum(len(q) for q in self._waiting.values())
+
     def __repr__(self) -> str:
         return f"<ConnectionBudget {self.total - self.free}/{self.total} jobs={len(self.held)}>"
 

@@ -55,6 +55,7 @@ class ChunkPool(Protocol):
     budget: ConnectionBudget
     sources: Sources
     waiting: str  # what every job waits for ("": nothing), as the status says it
+    restarts: int  # fetch workers started again after one exited
 
     @property
     def parallelism(self) -> int:
@@ -170,12 +171,15 @@ class _Worker:
                 progress = PROGRESS_DECODER.decode(message[2])
                 call[1].in_flight = {f.index: f for f in progress.in_flight}
                 call[1].rows.extend(progress.rows)
+                call[1].retried(progress.retries)
             return
         call = self.calls.pop(rid, None)  # "done"
         if call is None:
             return
         fut, watch = call
-        watch.rows.extend(RESULT_DECODER.decode(message[2]).rows)
+        result = RESULT_DECODER.decode(message[2])
+        watch.rows.extend(result.rows)
+        watch.retried(result.retries)
         watch.in_flight = {}
         if message[3]:
             watch.problem = message[3]
@@ -203,6 +207,7 @@ class FetchPool:
         self.sources = self.runner.fetcher.sources
         self.workers: list[_Worker] = []
         self.waiting = ""
+        self.restarts = 0
         per_host = config.max_per_host or config.max_connections
         # The node's connections go to chunks (`budget`); per-host caps and the transfers a
         # new host starts with are shared by the workers (each adapts its own: a chunk runs
@@ -273,6 +278,7 @@ class FetchPool:
                             break
                         self.workers[i] = await _Worker.spawn(self.config, self._settings,
                                                               self._relay)
+                        self.restarts += 1
         return min(self.workers, key=lambda w: w.items) if self.workers else None
 
     async def aclose(self) -> None:

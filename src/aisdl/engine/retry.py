@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import re
 
 from aisdl.config import RetryPolicy
 from aisdl.errors import SourceError
@@ -19,3 +20,28 @@ def backoff_delay(policy: RetryPolicy, attempt: int, error: SourceError) -> floa
 def should_retry(policy: RetryPolicy, attempt: int, error: SourceError) -> bool:
     """`attempt` counts failures so far in the current budget (reset when bytes arrive)."""
     return error.transient and attempt + 1 < policy.attempts
+
+
+# Why a fetch was tried again, as the node's metrics count it (`aisdl_retries_total{cause}`).
+RETRY_CAUSES = ("connect", "5xx", "429", "timeout", "stall", "reset", "slow", "other")
+_STATUS = re.compile(r"with (\d{3}) status code")
+
+
+def retry_cause(error: SourceError, got_bytes: bool) -> str:
+    """The cause of a retry, from the failed try's error and whether it received body bytes
+    (a timeout after some of the body is a stall; before it, a timeout). Matched on the
+    message, as engine/hostlimit.py does: a SourceError carries no kind, and these are the
+    wordings of sources/http.py, engine/curl.py and sources/cloud.py."""
+    message = error.message
+    if status := _STATUS.search(message):
+        code = int(status.group(1))
+        return "429" if code == 429 else "5xx" if code >= 500 else "other"
+    if "timed out" in message:
+        return "stall" if got_bytes else "timeout"
+    if message.startswith("transfer slower than"):
+        return "slow"
+    if "cannot connect" in message:
+        return "connect"
+    if "connection lost" in message or "reset" in message.lower():
+        return "reset"
+    return "other"

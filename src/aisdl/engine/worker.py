@@ -61,7 +61,7 @@ class Worker:
             problem = f"internal error: {describe(err)}"
         finally:
             del self.tasks[rid]
-        result = ChunkResult(watch.chunk.id, watch.rows[watch.sent:])
+        result = ChunkResult(watch.chunk.id, watch.rows[watch.sent:], watch.unreported_retries())
         self.outbox.put(("done", rid, CHUNK_ENCODER.encode(result), problem))
 
     async def report_progress(self) -> None:
@@ -72,7 +72,7 @@ class Worker:
                     watch.changed = False
                     rows, watch.sent = watch.rows[watch.sent:], len(watch.rows)
                     progress = ChunkProgress(watch.chunk.id, list(watch.in_flight.values()),
-                                             rows)
+                                             rows, watch.unreported_retries())
                     self.outbox.put(("progress", rid, CHUNK_ENCODER.encode(progress)))
 
 

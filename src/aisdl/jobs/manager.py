@@ -25,6 +25,7 @@ from aisdl.jobs.records import Counters, Cursor
 from aisdl.jobs.request import JobSpec, check_regex
 from aisdl.jobs.run import JobRun
 from aisdl.models import Bucket
+from aisdl.observe.ledger import Ledger
 from aisdl.redact import redact_text
 from aisdl.store.store import Store
 
@@ -68,6 +69,8 @@ class JobManager:
         self._fetcher: ChunkPool | None = None
         self._resuming: asyncio.Task[None] | None = None
         self.multiobj = MultiObjOps(store)  # deletes and evictions (prefetches are jobs here)
+        self.ledger = Ledger()  # the node's metrics (api/metrics.py)
+        db.observer = self.ledger
 
     async def start(self) -> None:
         """Before the node serves: the fetch workers, and no work files but those of unfinished
@@ -143,6 +146,11 @@ class JobManager:
         await asyncio.get_running_loop().run_in_executor(None, self.store.drop_work, job_id)
 
     @property
+    def pool(self) -> ChunkPool | None:
+        """Where chunks run (None before `start`)."""
+        return self._fetcher
+
+    @property
     def cloud(self) -> CloudSource:
         assert self._fetcher is not None, "the job manager has not started"
         cloud: CloudSource = self._fetcher.sources.cloud
@@ -163,7 +171,8 @@ class JobManager:
         run = JobRun(job_id, spec, db=self.db, store=self.store, fetcher=self._fetcher,
                      workers=min(spec.connections or node_limit, node_limit),  # checked
                      counters=Counters(row["finished_cnt"], row["skipped"], row["errors"]),
-                     cursor=Cursor.from_json(row["cursor"]), started_ns=row["started"])
+                     cursor=Cursor.from_json(row["cursor"]), started_ns=row["started"],
+                     ledger=self.ledger)
         self.runs[job_id] = run
         run.start()
         return run
@@ -213,6 +222,7 @@ class JobManager:
             raise BadRequest(f'job "{job_id}" is still running')
         await self.db.run(lambda c: records.delete_job(c, job_id))
         self.runs.pop(job_id, None)
+        self.ledger.forget(job_id)
 
     def _live(self, job_id: str) -> JobRun | None:
         run = self.runs.get(job_id)

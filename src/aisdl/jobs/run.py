@@ -36,6 +36,7 @@ from aisdl.jobs import records
 from aisdl.jobs.listing import backend_items, source_link
 from aisdl.jobs.records import RECENT_TASKS, Counters, Cursor, TaskRow
 from aisdl.jobs.request import Entry, Item, JobSpec
+from aisdl.observe.ledger import Ledger
 from aisdl.sources import hf
 from aisdl.store.paths import normalize_object_name
 from aisdl.store.store import Store
@@ -87,13 +88,16 @@ def lane_connections(connections: int, lanes: int) -> list[int]:
 class JobRun:
     def __init__(self, job_id: str, spec: JobSpec, *, db: Database, store: Store,
                  fetcher: ChunkPool, workers: int, counters: Counters, cursor: Cursor,
-                 started_ns: int) -> None:
+                 started_ns: int, ledger: Ledger) -> None:
         self.id, self.spec = job_id, spec
         self.db, self.store, self.fetcher = db, store, fetcher
         self.workers = max(1, min(workers, THROTTLED_CONNECTIONS) if spec.bytes_per_hour
                            else workers)
         self.counters, self.cursor = counters, cursor
         self.started_ns = started_ns
+        self.ledger = ledger  # the node's metrics: this job's outcomes and retries go there
+        self.tally = ledger.open_job(job_id, spec.bucket.cname, counters.finished,
+                                     counters.skipped, counters.errors)
         self.total = spec.total
         self.watches: set[Watch] = set()  # chunks in flight
         self.aborted = False
@@ -141,6 +145,12 @@ class JobRun:
             c, recording = self.counters, self._recording
         in_chunks = sum(len(w.items) - w.taken for w in list(self.watches))
         return c.finished + c.errors + in_chunks + len(self._batch) + recording
+
+    @property
+    def unrecorded(self) -> int:
+        """Outcomes waiting for the database (queued, or in a transaction now)."""
+        with self._counts_lock:
+            return len(self._batch) + self._recording
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name=f"job {self.id}")
@@ -324,6 +334,7 @@ class JobRun:
         """A chunk's rows join the next batch. Run to its end, every item has one: one that
         has none (a worker's bug) is that file's error, never a silent gap."""
         self.watches.discard(watch)
+        self.ledger.retried(self.tally, watch.retries)
         if complete and len(watch.rows) < len(watch.items):
             seen = {r.index for r in watch.rows}
             now = time.time_ns()
@@ -387,7 +398,7 @@ class JobRun:
         try:
             stored = await self._in_db(lambda conn: self._record(conn, batch),
                                        f"{len(batch)} outcomes",
-                                       then=lambda state: self._recorded(len(batch), state))
+                                       then=lambda state: self._recorded(batch, state))
         except Exception as exc:
             with self._counts_lock:
                 self._recording -= len(batch)
@@ -413,13 +424,14 @@ class JobRun:
             return batch
         return []
 
-    def _recorded(self, size: int, state: Recorded) -> None:
+    def _recorded(self, batch: list[Row], state: Recorded) -> None:
         """On the database thread, once a batch has committed: the next batch starts from its
         counts (that thread runs one at a time, in order, whoever still waits for it)."""
         counters, cursor, unsaved = state
         with self._counts_lock:
             self.counters, self.cursor, self._recording = counters, cursor, \
-                self._recording - size
+                self._recording - len(batch)
+        self.ledger.recorded(self.tally, batch)
         if unsaved:
             self._tasks.extend(unsaved)
         else:

@@ -1,0 +1,1 @@
+"""What the node shows of itself: its accounting for metrics."""
