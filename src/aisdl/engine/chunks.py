@@ -70,6 +70,7 @@ class Chunk(msgspec.Struct, frozen=True):
     lease: str = ""   # a file that names the node running the job (`owner`): a chunk of a
     owner: str = ""   # node that is gone, or replaced by another, stops (remote workers)
     protocol: int = PROTOCOL
+    download_timeout: float | None = None  # seconds one file may take, every try included
 
     @property
     def bck(self) -> Bucket:
@@ -364,9 +365,13 @@ class ChunkRunner:
             if known is not None and item.listed is not None and known.same_as(item.listed):
                 row.skipped = True  # the listing proves it unchanged
                 return row
+            if known is not None and item.listed is not None and known.version \
+                    and item.listed.version and known.version != item.listed.version:
+                known = None  # a new version: fetched whole (its ETag may still match ours)
             work = self._work(chunk, item)
             req = FetchRequest(link=item.link, work=work, stored=known, headers=chunk.headers,
-                               timeout=chunk.timeout, throttle=throttle)
+                               timeout=chunk.timeout, throttle=throttle,
+                               download_timeout=chunk.download_timeout)
             async with self.slots.take(chunk.job, host_of(item.link)) as ticket:
                 try:
                     got = await self.fetcher.fetch(req, _Events(flight, watch, self.slots,

@@ -66,6 +66,7 @@ class FetchRequest:
     throttle: TokenBucket | None = None
     validator: str | None = None              # ETag or Last-Modified of the bytes in `work`
     sidecar: bool = False                     # whether `work` may have a validator file
+    download_timeout: float | None = None     # seconds for the whole file, every try included
 
 
 def _sidecar(work: str) -> str:
@@ -89,6 +90,21 @@ class Fetcher:
         self._writers = ThreadPoolExecutor(max_workers=4, thread_name_prefix="writer")
 
     async def fetch(self, req: FetchRequest, events: FetchEvents) -> Fetched:
+        """The object into `req.work`, retrying what is transient, all within the job's
+        download timeout when it has one."""
+        if not req.download_timeout:
+            return await self._fetch(req, events)
+        deadline = asyncio.timeout(req.download_timeout)
+        try:
+            async with deadline:
+                return await self._fetch(req, events)
+        except TimeoutError:
+            if not deadline.expired():
+                raise
+            discard(req.work)
+            raise download_timed_out(req.download_timeout) from None
+
+    async def _fetch(self, req: FetchRequest, events: FetchEvents) -> Fetched:
         failures = attempts = 0
         furthest = _size(req.work)  # the most bytes the work file has held in this fetch
         while True:
@@ -220,6 +236,12 @@ def _bytes(n: int) -> str:
         if n >= size:
             return f"{n // size}{unit}" if n % size == 0 else f"{n / size:.2f}{unit}"
     return f"{n}B"
+
+
+def download_timed_out(limit: float) -> SourceError:
+    """Not retried: the limit is the file's whole time, so another try could only exceed it."""
+    return SourceError(f"download timeout: not done within {format_duration(limit)}"
+                       " (the job's download_timeout)", transient=False)
 
 
 def too_large(limit: int) -> SourceError:

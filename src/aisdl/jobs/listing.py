@@ -1,22 +1,31 @@
 """Items of a backend job: the remote bucket's listing, streamed page by page, and for `--sync`
-merged with our copies so that objects gone at the source are evicted."""
+merged with our copies so that objects gone at the source are evicted. With `--latest`, each
+object we already hold is described by the source itself (one HEAD: its version or
+generation, which no listing carries) rather than by the listing."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from typing import Protocol
 
+from aisdl.errors import SourceError
 from aisdl.jobs.request import Item, JobSpec
 from aisdl.models import PROVIDER_SCHEME, Bucket
 from aisdl.sources.base import SourceObject
 from aisdl.store.store import Store
 
 PAGE = 1000
+LATEST_BATCH = 256  # listed names looked up in the catalog at once (--latest)
+LATEST_HEADS = 16   # HEADs in flight at once (--latest): one per object we hold
 
 
 class Lister(Protocol):
     def list(self, bucket: Bucket, prefix: str) -> AsyncIterator[
         list[tuple[str, SourceObject]]]: ...
+
+    async def head(self, link: str) -> SourceObject: ...
 
 
 def source_link(bucket: Bucket, name: str) -> str:
@@ -49,7 +58,10 @@ async def backend_items(spec: JobSpec, lister: Lister, store: Store,
     `start` were done before a restart and are not produced again."""
     assert spec.source is not None
     index = 0
-    async for name, meta, evict in _merged(spec, lister, store):
+    merged = _merged(spec, lister, store)
+    if spec.latest:
+        merged = _latest(spec, lister, store, merged)
+    async for name, meta, evict in merged:
         if index >= start:
             yield Item(index, name, source_link(spec.source, name), listed=meta, evict=evict)
         index += 1
@@ -75,3 +87,43 @@ async def _merged(spec: JobSpec, lister: Lister,
         else:
             yield lo, None, True
             lo = await anext(local, None)
+
+
+Entry = tuple[str, SourceObject | None, bool]
+
+
+async def _latest(spec: JobSpec, lister: Lister, store: Store,
+                  entries: AsyncIterator[Entry]) -> AsyncIterator[Entry]:
+    """`entries` in order, those we hold described by a HEAD of their source. A listing says
+    size and ETag; a new version with the same bytes (a re-upload to a versioned bucket, a
+    new GCS generation) shows only in the object's own metadata."""
+    batch: list[Entry] = []
+    async for entry in entries:
+        batch.append(entry)
+        if len(batch) >= LATEST_BATCH:
+            for done in await _asked(spec, lister, store, batch):
+                yield done
+            batch = []
+    for done in await _asked(spec, lister, store, batch):
+        yield done
+
+
+async def _asked(spec: JobSpec, lister: Lister, store: Store,
+                 batch: list[Entry]) -> list[Entry]:
+    assert spec.source is not None
+    source = spec.source
+    held = await store.lookup_many(spec.bucket, [n for n, meta, _ in batch if meta is not None])
+    heads = asyncio.Semaphore(LATEST_HEADS)
+
+    async def ask(entry: Entry) -> Entry:
+        name, listed, evict = entry
+        if listed is None or name not in held:
+            return entry  # not ours yet (fetched anyway), or a --sync eviction
+        async with heads:
+            # A HEAD that fails leaves the listing's word: the fetch then checks the object
+            # with a conditional GET and reports an error of its own if there is one.
+            with contextlib.suppress(SourceError):
+                return name, await lister.head(source_link(source, name)), evict
+        return entry
+
+    return list(await asyncio.gather(*(ask(e) for e in batch)))
