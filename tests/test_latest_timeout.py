@@ -65,6 +65,9 @@ def test_latest_refetches_new_versions_keeps_the_rest(s3_server, s3_node, tmp_pa
     assert _counts(ais, "--latest", f"s3://{src}", "ais://mirror") == (3, 2, 0)
     assert _counts(ais, "--latest", f"s3://{src}", "ais://mirror") == (3, 3, 0)
     assert sorted(e["n"] for e in c.list_objects(mirror, cached=True)) == ["a", "b", "c", "d"]
+    # With --sync too, what the source no longer has goes (finished 4: 3 skips, 1 eviction).
+    assert _counts(ais, "--latest", "--sync", f"s3://{src}", "ais://mirror") == (4, 3, 0)
+    assert sorted(e["n"] for e in c.list_objects(mirror, cached=True)) == ["a", "b", "d"]
 
 
 def test_latest_only_for_a_bucket_source(origin, ais):

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from typing import Protocol
 
 from aisdl.errors import SourceError
@@ -56,12 +57,18 @@ async def backend_items(spec: JobSpec, lister: Lister, store: Store,
                         start: int = 0) -> AsyncIterator[Item]:
     """Items in name order (the order every provider lists in), numbered from 0; those below
     `start` were done before a restart and are not produced again."""
+    items = _numbered(spec, lister, store, start)
+    if spec.latest:  # after the numbering: what was done before a restart is not asked again
+        items = _latest(spec, lister, store, items)
+    async for item in items:
+        yield item
+
+
+async def _numbered(spec: JobSpec, lister: Lister, store: Store,
+                    start: int) -> AsyncIterator[Item]:
     assert spec.source is not None
     index = 0
-    merged = _merged(spec, lister, store)
-    if spec.latest:
-        merged = _latest(spec, lister, store, merged)
-    async for name, meta, evict in merged:
+    async for name, meta, evict in _merged(spec, lister, store):
         if index >= start:
             yield Item(index, name, source_link(spec.source, name), listed=meta, evict=evict)
         index += 1
@@ -89,17 +96,14 @@ async def _merged(spec: JobSpec, lister: Lister,
             lo = await anext(local, None)
 
 
-Entry = tuple[str, SourceObject | None, bool]
-
-
 async def _latest(spec: JobSpec, lister: Lister, store: Store,
-                  entries: AsyncIterator[Entry]) -> AsyncIterator[Entry]:
-    """`entries` in order, those we hold described by a HEAD of their source. A listing says
+                  items: AsyncIterator[Item]) -> AsyncIterator[Item]:
+    """`items` in order, those we hold described by a HEAD of their source. A listing says
     size and ETag; a new version with the same bytes (a re-upload to a versioned bucket, a
     new GCS generation) shows only in the object's own metadata."""
-    batch: list[Entry] = []
-    async for entry in entries:
-        batch.append(entry)
+    batch: list[Item] = []
+    async for item in items:
+        batch.append(item)
         if len(batch) >= LATEST_BATCH:
             for done in await _asked(spec, lister, store, batch):
                 yield done
@@ -108,22 +112,20 @@ async def _latest(spec: JobSpec, lister: Lister, store: Store,
         yield done
 
 
-async def _asked(spec: JobSpec, lister: Lister, store: Store,
-                 batch: list[Entry]) -> list[Entry]:
-    assert spec.source is not None
-    source = spec.source
-    held = await store.lookup_many(spec.bucket, [n for n, meta, _ in batch if meta is not None])
+async def _asked(spec: JobSpec, lister: Lister, store: Store, batch: list[Item]) -> list[Item]:
+    if not batch:
+        return []
+    held = await store.lookup_many(spec.bucket, [i.name for i in batch if not i.evict])
     heads = asyncio.Semaphore(LATEST_HEADS)
 
-    async def ask(entry: Entry) -> Entry:
-        name, listed, evict = entry
-        if listed is None or name not in held:
-            return entry  # not ours yet (fetched anyway), or a --sync eviction
+    async def ask(item: Item) -> Item:
+        if item.evict or item.name not in held:
+            return item  # a --sync eviction, or not ours yet (fetched anyway)
         async with heads:
             # A HEAD that fails leaves the listing's word: the fetch then checks the object
             # with a conditional GET and reports an error of its own if there is one.
             with contextlib.suppress(SourceError):
-                return name, await lister.head(source_link(source, name)), evict
-        return entry
+                return replace(item, listed=await lister.head(item.link))
+        return item
 
-    return list(await asyncio.gather(*(ask(e) for e in batch)))
+    return list(await asyncio.gather(*(ask(i) for i in batch)))
