@@ -13,13 +13,12 @@ from typing import Any
 import pytest
 import requests
 
-from conftest import Ais, Node
-from helpers import free_port, wait_job
-from origin import payload
-
 from aisdl.errors import BadRequest
 from aisdl.jobs.request import parse_start_request
 from aisdl.models import Bucket
+from conftest import Ais, Node
+from helpers import free_port, wait_job
+from origin import payload
 
 
 @pytest.fixture
