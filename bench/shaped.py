@@ -285,7 +285,7 @@ class Bench:
         shutil.rmtree(out, ignore_errors=True)
         return run
 
-    def run_aisdl(self, conns: int, rep: int) -> Run:
+    def run_aisdl(self, conns: int, rep: int, start: str) -> Run:
         import requests
 
         home, mount = WORK / "aisdl-home", SHM / "aisdl"
@@ -294,7 +294,7 @@ class Bench:
             d.mkdir(parents=True)
         port = 51180
         extra = ["--max-conns", str(conns)] if conns else []
-        lp = self.logs / f"aisdl-node-{conns}-{rep}.log"
+        lp = self.logs / f"aisdl-node-{conns}-{start}-{rep}.log"
         node = spawn([str(AIS), "serve", "--port", str(port), "--home", str(home),
                       "--mountpath", str(mount), "--allow-private-egress", *extra], lp)
         endpoint = f"http://127.0.0.1:{port}"
@@ -304,20 +304,27 @@ class Bench:
             wait_until("aisdl node", lambda: session.get(f"{endpoint}/v1/health",
                                                            timeout=1).ok, 90, node, lp)
             env = dict(os.environ, AIS_ENDPOINT=endpoint)
-            cli_log = self.logs / f"aisdl-cli-{conns}-{rep}.log"
+            cli_log = self.logs / f"aisdl-cli-{conns}-{start}-{rep}.log"
             cpu0 = tree_cpu(node.pid)
 
             def go() -> tuple[float, dict[str, Any]]:
                 t0 = time.perf_counter()
-                with open(cli_log, "w") as f:
-                    rc = subprocess.run(
-                        [str(AIS), "start", "download",
-                         f"{self.base}/f/{{0..{self.args.files - 1}}}", f"ais://{BUCKET}/"],
-                        stdout=f, stderr=f, env=env).returncode
-                if rc != 0:
-                    raise RuntimeError(f"`ais start download` exited {rc}; see {cli_log}")
+                template = f"{self.base}/f/{{0..{self.args.files - 1}}}"
+                if start == "rest":  # as the SDK would: no CLI to start
+                    r = session.post(f"{endpoint}/v1/download", json={
+                        "type": "range", "bucket": {"name": BUCKET}, "template": template},
+                        timeout=30)
+                    r.raise_for_status()
+                    job = r.json()["id"]
+                else:
+                    with open(cli_log, "w") as f:
+                        rc = subprocess.run([str(AIS), "start", "download", template,
+                                             f"ais://{BUCKET}/"],
+                                            stdout=f, stderr=f, env=env).returncode
+                    if rc != 0:
+                        raise RuntimeError(f"`ais start download` exited {rc}; see {cli_log}")
+                    job = job_id_from(cli_log)
                 cli_s = time.perf_counter() - t0
-                job = job_id_from(cli_log)
                 in_flight = []
                 while True:
                     st = session.get(f"{endpoint}/v1/download",
@@ -333,7 +340,10 @@ class Bench:
                     "job": job, "cli_s": cli_s, "in_flight_mean": statistics.mean(in_flight or [0]),
                     "in_flight_max": max(in_flight or [0])}
 
-            run = self.measure("aisdl", f"--max-conns {conns}" if conns else "defaults", go)
+            setting = f"--max-conns {conns}" if conns else "defaults"
+            if start == "rest":
+                setting += ", started by POST /v1/download"
+            run = self.measure("aisdl", setting, go)
             check_files(mount / "ais" / BUCKET, self.args.files, self.args.size, str, self.tail)
             return run
         finally:
@@ -384,7 +394,7 @@ def write_report(out: Path, facts: dict[str, Any], runs: list[Run]) -> Path:
     for r in runs:
         e = r.extra
         flight = (f", in flight {e['in_flight_mean']:.0f} (max {e['in_flight_max']}),"
-                  f" `ais start download` itself {e['cli_s']:.2f} s"
+                  f" starting the job {e['cli_s']:.2f} s"
                   if "in_flight_mean" in e else "")
         lines.append(f"- {r.tool} `{r.setting}`: {r.wall:.2f} s, {r.gbits:.3f} Gbit/s, CPU"
                      f" {r.cpu:.1f} s, load {r.load:.1f}; first byte"
@@ -413,6 +423,8 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--latency", default="20ms")
     ap.add_argument("--conns", default="32,64", help="parallelism of each peer tool")
     ap.add_argument("--aisdl-conns", default="0", help="aisdl --max-conns (0: the default)")
+    ap.add_argument("--aisdl-start", default="cli,rest",
+                    help="start aisdl's job with `ais start download` (cli), a POST (rest)")
     ap.add_argument("--runs", type=int, default=1)
     ap.add_argument("--tools", default=",".join(TOOLS))
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "shaped")
@@ -455,10 +467,13 @@ def main() -> int:
         runs: list[Run] = []
         for rep in range(args.runs):
             for tool in tools:
-                settings = [int(c) for c in (args.aisdl_conns if tool == "aisdl"
-                                             else args.conns).split(",")]
-                for n in settings:
-                    r = bench.run_aisdl(n, rep) if tool == "aisdl" else \
+                if tool == "aisdl":
+                    todo = [(int(n), how) for how in args.aisdl_start.split(",")
+                            for n in args.aisdl_conns.split(",")]
+                else:
+                    todo = [(int(n), "") for n in args.conns.split(",")]
+                for n, how in todo:
+                    r = bench.run_aisdl(n, rep, how) if tool == "aisdl" else \
                         bench.run_peer(tool, n, rep)
                     log(f"{tool} {r.setting}: {r.wall:.2f} s, {r.gbits:.3f} Gbit/s,"
                         f" CPU {r.cpu:.1f} s, load {r.load:.1f}")
