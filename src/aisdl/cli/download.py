@@ -88,14 +88,14 @@ def _kind_and_id(args: tuple[str, ...], command: str, required: bool = True) -> 
 
 # -- start --------------------------------------------------------------------------------------
 def build_request(source: Source, dest: Dest, object_list: str | None, sync: bool,
-                  client: Client) -> dict[str, Any]:
+                  client: Client, latest: bool = False) -> dict[str, Any]:
     """The job the SOURCE/DEST pair describes: multi (object list), range (template), backend
     (a cloud bucket or prefix into a bucket backed by it), or single."""
     bucket = dest.bucket.to_json()
     if source.bucket is not None and not object_list and not has_template(source.link):
         if _is_backed_by(client, dest, source):
             return {"type": "backend", "bucket": bucket, "prefix": source.prefix,
-                    "synchronize": sync}
+                    "synchronize": sync, "latest": latest}
         if not source.prefix:
             raise BadRequest(
                 f"cannot download the whole bucket {source.bucket.cname} into {dest.bucket.cname}:"
@@ -108,6 +108,12 @@ def build_request(source: Source, dest: Dest, object_list: str | None, sync: boo
         raise BadRequest("--sync needs a cloud bucket (or prefix) as SOURCE and a DESTINATION"
                          f" whose backend_bck is that bucket, e.g. `ais bucket props set"
                          f" {dest.bucket.cname} backend_bck=gcp://BUCKET`")
+    if latest:
+        # A link, a range or a list is checked against its source on every download already
+        # (a conditional GET); only a bucket's listing can vouch for an object without asking.
+        raise BadRequest("--latest needs a cloud bucket (or prefix) as SOURCE and a DESTINATION"
+                         " whose backend_bck is that bucket: links, ranges and object lists are"
+                         " checked against their source on every download already")
     if object_list:
         entries = read_object_list(object_list)
         base = source.link.rstrip("/")
@@ -168,6 +174,12 @@ def _is_backed_by(client: Client, dest: Dest, source: Source) -> bool:
 @click.option("--description", "--desc", default="", help="Description of the download job.")
 @click.option("--timeout", type=DURATION, default=None,
               help="Timeout for a request to the external resource (e.g. 30s, 2m).")
+@click.option("--download-timeout", type=DURATION, default=None,
+              help="The most one file may take, every retry included (e.g. 10m); a file not"
+              " done by then is that file's error.")
+@click.option("--latest", is_flag=True, help="Ask the source for the version of each object"
+              " already downloaded and download it again if it changed; removes nothing"
+              " (needs a remote bucket as SOURCE).")
 @click.option("--sync", is_flag=True, help="Also remove cached objects that are gone from the"
               " remote bucket (needs a remote bucket as SOURCE).")
 @click.option("--max-conns", "--conns", "max_conns", type=click.IntRange(min=0), default=0,
@@ -199,7 +211,8 @@ def _is_backed_by(client: Client, dest: Dest, source: Source) -> bool:
               " bars show them (iec, the default: MiB; si: MB; raw: bytes).")
 @click.pass_obj
 def start_download(obj: CliContext, args: tuple[str, ...], description: str,
-                   timeout: float | None, sync: bool, max_conns: int, limit_bph: int | None,
+                   timeout: float | None, download_timeout: float | None, latest: bool,
+                   sync: bool, max_conns: int, limit_bph: int | None,
                    object_list: str | None, progress: bool, progress_interval: float,
                    wait: bool, hf_model: str, hf_dataset: str, hf_file: str, hf_revision: str,
                    hf_auth: str, as_json: bool, units: str) -> None:
@@ -215,6 +228,9 @@ def start_download(obj: CliContext, args: tuple[str, ...], description: str,
     client = obj.client
     if hf_model or hf_dataset:
         dest = parse_dest(_hf_destination(args))
+        if latest:
+            raise BadRequest("--latest applies to downloads from a cloud bucket (a Hugging Face"
+                             " job is pinned to one commit, and a re-run skips unchanged files)")
         body = hf_request(dest, hf_model, hf_dataset, hf_file, hf_revision, hf_auth, object_list,
                           sync)
     else:
@@ -229,7 +245,9 @@ def start_download(obj: CliContext, args: tuple[str, ...], description: str,
             raise click.UsageError(
                 f"too many arguments - expected 2, got {len(args)}.\n{RANGE_HINT}")
         source, dest = parse_source(args[0]), parse_dest(args[1])
-        body = build_request(source, dest, object_list, sync, client)
+        body = build_request(source, dest, object_list, sync, client, latest)
+    if download_timeout is not None:
+        body["download_timeout"] = download_timeout  # seconds (a number)
     body.update(description=description, timeout=f"{timeout}s" if timeout else "",
                 limits={"connections": max_conns, "bytes_per_hour": limit_bph or 0},
                 progress_interval=f"{progress_interval}s")

@@ -73,6 +73,7 @@ class Chunk(msgspec.Struct, frozen=True):
     lease: str = ""   # a file that names the node running the job (`owner`): a chunk of a
     owner: str = ""   # node that is gone, or replaced by another, stops (remote workers)
     protocol: int = PROTOCOL
+    download_timeout: float | None = None  # seconds one file may take, every try included
 
     @property
     def bck(self) -> Bucket:
@@ -388,11 +389,15 @@ class ChunkRunner:
             if known is not None and listed is not None and known.same_as(listed):
                 row.skipped = True  # the listing proves it unchanged
                 return row
+            if known is not None and item.listed is not None and known.version \
+                    and item.listed.version and known.version != item.listed.version:
+                known = None  # a new version: fetched whole (its ETag may still match ours)
             work = self._work(chunk, item)
             # A pinned listing said it changed: no conditional GET against our copy
             req = FetchRequest(link=item.link, work=work,
                                stored=None if item.expect else known, headers=chunk.headers,
-                               timeout=chunk.timeout, throttle=throttle, expect=item.expect)
+                               timeout=chunk.timeout, throttle=throttle, expect=item.expect,
+                               download_timeout=chunk.download_timeout)
             async with self.slots.take(chunk.job, host_of(item.link)) as ticket:
                 try:
                     got = await self.fetcher.fetch(req, _Events(flight, watch, self.slots,

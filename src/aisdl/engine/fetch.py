@@ -72,6 +72,7 @@ class FetchRequest:
     # What the bytes must be, from a listing pinned to one version (a Hub commit): checked as
     # they arrive (size, ETag, sha256) and recorded as the object's validators.
     expect: SourceObject | None = None
+    download_timeout: float | None = None     # seconds for the whole file, every try included
 
 
 def _sidecar(work: str) -> str:
@@ -95,6 +96,21 @@ class Fetcher:
         self._writers = ThreadPoolExecutor(max_workers=4, thread_name_prefix="writer")
 
     async def fetch(self, req: FetchRequest, events: FetchEvents) -> Fetched:
+        """The object into `req.work`, retrying what is transient, all within the job's
+        download timeout when it has one."""
+        if not req.download_timeout:
+            return await self._fetch(req, events)
+        deadline = asyncio.timeout(req.download_timeout)
+        try:
+            async with deadline:
+                return await self._fetch(req, events)
+        except TimeoutError:
+            if not deadline.expired():
+                raise
+            discard(req.work)
+            raise download_timed_out(req.download_timeout) from None
+
+    async def _fetch(self, req: FetchRequest, events: FetchEvents) -> Fetched:
         failures = attempts = 0
         size = furthest = _size(req.work)  # furthest: the most bytes the work file has held
         while True:
@@ -231,6 +247,12 @@ def _bytes(n: int) -> str:
         if n >= size:
             return f"{n // size}{unit}" if n % size == 0 else f"{n / size:.2f}{unit}"
     return f"{n}B"
+
+
+def download_timed_out(limit: float) -> SourceError:
+    """Not retried: the limit is the file's whole time, so another try could only exceed it."""
+    return SourceError(f"download timeout: not done within {format_duration(limit)}"
+                       " (the job's download_timeout)", transient=False)
 
 
 def too_large(limit: int) -> SourceError:

@@ -34,14 +34,16 @@ MAX_LINK = 32 << 10              # characters of a link or template (servers tak
 MAX_HEADER_BYTES = 64 << 10      # names and values of a job's headers, all together
 MAX_BYTES_PER_HOUR = 2**63 - 1   # what the database and the token bucket hold
 MAX_TIMEOUT = 30 * 24 * 3600.0   # seconds: beyond, a timer overflows; no transfer needs more
+MIN_DOWNLOAD_TIMEOUT = 0.01      # seconds: a shorter limit per file could never be met
 
 # The fields of a start request (spec 4.2): every type's, then each type's own. A field of
 # another type is refused when it says something (it would be ignored), not when it is empty:
 # AIStore's Go client sends its zero values.
-_BASE_FIELDS = frozenset(("type", "bucket", "description", "timeout", "progress_interval",
-                          "limits", "headers", "etl_name", "etl_args"))
+_BASE_FIELDS = frozenset(("type", "bucket", "description", "timeout", "download_timeout",
+                          "progress_interval", "limits", "headers", "etl_name", "etl_args"))
 _KIND_FIELDS = {"single": ("link", "object_name", "from_remote"), "multi": ("objects",),
-                "range": ("template", "subdir"), "backend": ("prefix", "suffix", "synchronize"),
+                "range": ("template", "subdir"),
+                "backend": ("prefix", "suffix", "synchronize", "latest"),
                 "hf": ("hf_model", "hf_dataset", "hf_file", "hf_revision", "hf_auth", "subdir")}
 _BUCKET_FIELDS = ("name", "provider", "namespace")
 _LIMIT_FIELDS = ("connections", "bytes_per_hour")
@@ -76,6 +78,7 @@ class JobSpec:
     bucket: Bucket
     description: str
     timeout: float | None = None          # per-request timeout of the source fetch, seconds
+    download_timeout: float | None = None  # the most one file may take, all tries, seconds
     connections: int = 0                   # 0 = node default
     bytes_per_hour: int = 0                # 0 = unlimited
     headers: dict[str, list[str]] = field(default_factory=dict)
@@ -95,6 +98,7 @@ class JobSpec:
     # hf: a Hugging Face repository at a commit; its token is never stored (nor shown)
     hf: HfRepo | None = None
     hf_token: str = field(default="", repr=False, compare=False)
+    latest: bool = False  # ask the source for each held object's version, not the listing
 
     @property
     def total(self) -> int:
@@ -162,12 +166,12 @@ class JobSpec:
         """The normalized request, stored with the job so it can resume after a restart."""
         body = {
             "type": self.kind, "bucket": self.bucket.to_json(), "description": self.description,
-            "timeout": self.timeout, "limits": {"connections": self.connections,
-                                                "bytes_per_hour": self.bytes_per_hour},
+            "timeout": self.timeout, "download_timeout": self.download_timeout,
+            "limits": {"connections": self.connections, "bytes_per_hour": self.bytes_per_hour},
             "headers": self.headers, "link": self.link, "object_name": self.object_name,
             "objects": [list(p) for p in self.objects], "template": self.template,
             "subdir": self.subdir, "prefix": self.prefix, "suffix": self.suffix,
-            "synchronize": self.sync,
+            "synchronize": self.sync, "latest": self.latest,
             "source": self.source.to_json() if self.source else None,
             "hf": self.hf.to_json() if self.hf else None,
         }
@@ -179,11 +183,12 @@ class JobSpec:
         return cls(
             kind=d["type"], bucket=Bucket(d["bucket"]["provider"], d["bucket"]["name"]),
             description=d["description"], timeout=d["timeout"],
+            download_timeout=d.get("download_timeout"),
             connections=d["limits"]["connections"], bytes_per_hour=d["limits"]["bytes_per_hour"],
             headers=d["headers"], link=d["link"], object_name=d["object_name"],
             objects=tuple((n, lk) for n, lk in d["objects"]), template=d["template"],
             subdir=d["subdir"], prefix=d.get("prefix", ""), suffix=d.get("suffix", ""),
-            sync=d.get("synchronize", False),
+            sync=d.get("synchronize", False), latest=d.get("latest", False),
             source=Bucket(d["source"]["provider"], d["source"]["name"]) if d.get("source")
             else None,
             hf=HfRepo.from_json(d["hf"]) if d.get("hf") else None,
@@ -302,6 +307,15 @@ def _limits(body: dict[str, Any], max_connections: int) -> dict[str, Any]:
         seconds = _duration(timeout, "timeout", "failed to parse timeout field")
         if seconds > 0:
             out["timeout"] = seconds
+    limit = body.get("download_timeout")
+    if limit not in (None, ""):
+        seconds = _duration(limit, "download_timeout", "invalid download timeout")
+        if 0 < seconds < MIN_DOWNLOAD_TIMEOUT:
+            raise BadRequest(f"invalid download timeout: 'download_timeout' must be 0 (no limit)"
+                             f" or at least {MIN_DOWNLOAD_TIMEOUT * 1000:.0f}ms"
+                             f" (got: {_clip(str(limit))})")
+        if seconds > 0:
+            out["download_timeout"] = seconds
     limits = _object(body, "limits")
     for key in limits:
         if key not in _LIMIT_FIELDS:
@@ -425,7 +439,7 @@ def _range(body: dict[str, Any], base: dict[str, Any]) -> JobSpec:
 
 def _backend(body: dict[str, Any], base: dict[str, Any]) -> JobSpec:
     spec = JobSpec(prefix=_text(body, "prefix"), suffix=_text(body, "suffix"),
-                   sync=_flag(body, "synchronize"), **base)
+                   sync=_flag(body, "synchronize"), latest=_flag(body, "latest"), **base)
     return _described(spec, f"remote bucket prefetch -> {spec.bucket.cname}")
 
 

@@ -310,7 +310,8 @@ class JobRun:
         while (items := await queue.get()) is not None:
             held = await budget.take(self.id, min(conns, len(items)))
             chunk = Chunk(self.id, next(self._chunk_ids), spec.bucket.provider, spec.bucket.name,
-                          items, held, self._headers, spec.timeout, self._write_through)
+                          items, held, self._headers, spec.timeout, self._write_through,
+                          download_timeout=spec.download_timeout)
             watch = Watch(chunk)
             watch.discard = self.aborted
             self.watches.add(watch)
