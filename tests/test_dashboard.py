@@ -150,6 +150,7 @@ def test_a_job_as_the_page_reads_it_only_what_is_new(node: Node, origin: Any) ->
     assert all("404" in message for _, message in first["errors"])
     # every task that ended (the two 404s too), and the bytes of the two that came
     assert first["finished"]["files"] == 4 and first["finished"]["bytes"] == 6000
+    assert first["recorded_bytes"] == 6000  # all of them, however many files the job has
 
     again = s.get(url, timeout=10, params={"errors_after": str(first["errors_after"]),
                                            "tasks_after": str(first["finished"]["tasks_after"])})

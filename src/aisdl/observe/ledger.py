@@ -206,6 +206,12 @@ class Ledger:
                 _add(tally.retries, retries)
                 _add(self.node.retries, retries)
 
+    def job_bytes(self, job_id: str) -> int | None:
+        """Bytes of the job's objects recorded since the node started (None: not known here)."""
+        with self._lock:
+            tally = self.jobs.get(job_id)
+            return tally.bytes if tally is not None else None
+
     def forget(self, job_id: str) -> None:
         """The job is removed: its series go (the node's totals keep what it did)."""
         with self._lock:

@@ -218,7 +218,8 @@ class JobPage {
     const inflight = (view.job.current_tasks || []).reduce((s, t) => s + Number(t.downloaded), 0);
     // Finished tasks reach the database up to a second after they leave the in-flight list:
     // the running total holds still meanwhile rather than dipping.
-    const seen = Math.max(this.seenBytes || 0, this.finishedBytes + inflight);
+    const done = view.recorded_bytes ?? this.finishedBytes;  // null: the node has no count
+    const seen = Math.max(this.seenBytes || 0, done + inflight);
     if (!first && this.lastAt !== undefined && at > this.lastAt) {
       this.bytesRate = (seen - this.seenBytes) / ((at - this.lastAt) / 1000);
     }
