@@ -74,26 +74,24 @@ def format_duration(seconds: float) -> str:
     return out + (f"{rest}s" if rest or not out else "")
 
 
+def _scaled(n: int | float, digits: int, base: int, units: tuple[str, ...]) -> str:
+    if n < base:
+        return f"{int(n)}B"
+    for unit in units:
+        n /= base
+        if n < base or unit == units[-1]:
+            break
+    return f"{n:.{digits}f}{unit}"
+
+
 def iec(n: int | float, digits: int = 2) -> str:
     """Bytes in IEC units as the AIS CLI prints them: `512B`, `16.39MiB`, `1.82GiB`."""
-    if n < 1024:
-        return f"{int(n)}B"
-    for unit in ("KiB", "MiB", "GiB", "TiB", "PiB"):
-        n /= 1024
-        if n < 1024 or unit == "PiB":
-            return f"{n:.{digits}f}{unit}"
-    raise AssertionError("unreachable")
+    return _scaled(n, digits, 1024, ("KiB", "MiB", "GiB", "TiB", "PiB"))
 
 
 def si(n: int | float, digits: int = 2) -> str:
     """Bytes in SI (metric) units as AIS's CLI prints them with --units si: `512B`, `17.19MB`."""
-    if n < 1000:
-        return f"{int(n)}B"
-    for unit in ("KB", "MB", "GB", "TB", "PB"):
-        n /= 1000
-        if n < 1000 or unit == "PB":
-            return f"{n:.{digits}f}{unit}"
-    raise AssertionError("unreachable")
+    return _scaled(n, digits, 1000, ("KB", "MB", "GB", "TB", "PB"))
 
 
 def format_size(n: int | float, units: str = "", digits: int = 2) -> str:

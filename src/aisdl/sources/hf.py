@@ -26,10 +26,11 @@ import re
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
-from urllib.parse import quote, urljoin, urlsplit
+from urllib.parse import quote, urljoin
 
 from aisdl.errors import AisdlError, BadRequest, SourceError
 from aisdl.sources.base import SourceObject
+from aisdl.sources.http import origin_of
 
 if TYPE_CHECKING:
     import aiohttp
@@ -141,15 +142,6 @@ def auth_headers(token: str) -> dict[str, list[str]]:
 
 
 # -- the Hub's API ---------------------------------------------------------------------------
-def _origin(url: str) -> tuple[str, str, int | None]:
-    parts = urlsplit(url)
-    try:
-        port = parts.port or {"http": 80, "https": 443}.get(parts.scheme.lower())
-    except ValueError:  # not a port: no origin of ours either
-        port = -1
-    return parts.scheme.lower(), (parts.hostname or "").lower(), port
-
-
 class Hub:
     """Calls of the Hub's API for one repository, on the given aiohttp session. The token is
     sent to the Hub's origin only: a redirect or a next page elsewhere is refused."""
@@ -158,7 +150,7 @@ class Hub:
                  allow_private: bool) -> None:
         self.session, self.repo, self.token = session, repo, token
         self.allow_private = allow_private
-        self.origin = _origin(repo.endpoint)
+        self.origin = origin_of(repo.endpoint)
 
     async def _call(self, url: str, method: str = "GET") -> tuple[int, Any, bytes]:
         """Status, headers and body of `url`, following the Hub's own redirects."""
@@ -172,8 +164,8 @@ class Hub:
         timeout = aiohttp.ClientTimeout(total=API_TIMEOUT)
         try:
             for _ in range(API_REDIRECTS + 1):
-                if _origin(url) != self.origin:
-                    raise SourceError(f"the Hub sent us to another site ({_origin(url)[1]}):"
+                if origin_of(url) != self.origin:
+                    raise SourceError(f"the Hub sent us to another site ({origin_of(url)[1]}):"
                                       " not followed", transient=False)
                 if is_ip_literal(host := self.origin[1]):  # the resolver never sees those
                     check_address(host.strip("[]"), self.allow_private)

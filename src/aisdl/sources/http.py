@@ -174,7 +174,8 @@ def _translate(exc: BaseException, link: str, stall: float | None) -> SourceErro
     return SourceError(f"request failed: {exc}", transient=True)
 
 
-def _origin(url: str) -> tuple[str, str, int | None]:
+def origin_of(url: str) -> tuple[str, str, int | None]:
+    """Scheme, host and port of a link: what a credential is bound to."""
     parts = urlsplit(url)
     try:
         port = parts.port or {"http": 80, "https": 443}.get(parts.scheme.lower())
@@ -197,10 +198,10 @@ class HttpSource:
         the resolver, so every hop's address is checked here (libcurl checks every socket).
         Credentials go to the link's own origin only, as libcurl sends them: a hop to another
         scheme, host or port gets no `Authorization` or `Cookie` header."""
-        url, first = link, _origin(link)
+        url, first = link, origin_of(link)
         try:
             for _ in range(MAX_REDIRECTS + 1):
-                if _origin(url) != first:
+                if origin_of(url) != first:
                     headers = [(k, v) for k, v in headers
                                if k.lower() not in ("authorization", "cookie")]
                 host = urlsplit(url).hostname or ""
