@@ -143,6 +143,11 @@ def _is_backed_by(client: Client, dest: Dest, source: Source) -> bool:
               help="Max concurrent connections of this job (0: the node's limit).")
 @click.option("--limit-bph", type=SIZE, default=None,
               help="Max bytes downloaded per hour, e.g. 1GiB, 500MB (default: unlimited).")
+@click.option("--blob-threshold", type=SIZE, default=None,
+              help="Fetch objects of at least this size (e.g. 100MiB) as ranged parts over"
+              " several connections at once (default: one connection per object).")
+@click.option("--blob-conns", type=click.IntRange(min=1, max=128), default=None,
+              help="Connections of one such object at most (default: 8; within --max-conns).")
 @click.option("--object-list", "--from", "object_list", default=None,
               help="Path to a file with a JSON array of object names to download.")
 @click.option("--progress", is_flag=True,
@@ -154,6 +159,7 @@ def _is_backed_by(client: Client, dest: Dest, source: Source) -> bool:
 @click.pass_obj
 def start_download(obj: CliContext, args: tuple[str, ...], description: str,
                    timeout: float | None, sync: bool, max_conns: int, limit_bph: int | None,
+                   blob_threshold: int | None, blob_conns: int | None,
                    object_list: str | None, progress: bool, progress_interval: float,
                    wait: bool) -> None:
     """Download SOURCE (a link, a range template, an ais:// object) into DESTINATION (ais://b/...).
@@ -170,12 +176,18 @@ def start_download(obj: CliContext, args: tuple[str, ...], description: str,
         raise click.UsageError('missing "destination" argument')
     if len(args) > 2:
         raise click.UsageError(f"too many arguments - expected 2, got {len(args)}.\n{RANGE_HINT}")
+    if blob_conns is not None and not blob_threshold:
+        raise BadRequest("--blob-conns takes effect only with --blob-threshold")
     source, dest = parse_source(args[0]), parse_dest(args[1])
     client = obj.client
     body = build_request(source, dest, object_list, sync, client)
     body.update(description=description, timeout=f"{timeout}s" if timeout else "",
                 limits={"connections": max_conns, "bytes_per_hour": limit_bph or 0},
                 progress_interval=f"{progress_interval}s")
+    if blob_threshold:
+        body["blob-threshold"] = blob_threshold
+        if blob_conns is not None:
+            body["blob-num-workers"] = blob_conns
     existed = client.bucket_exists(dest.bucket)
     job_id = client.start_download(body)
     if not existed:

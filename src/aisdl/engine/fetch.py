@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import logging
 import os
@@ -17,6 +18,18 @@ from typing import Any, BinaryIO, Protocol
 import xxhash
 
 from aisdl.config import RetryPolicy, TransferLimits
+from aisdl.engine.blob import (
+    Blob,
+    BlobSettings,
+    Changed,
+    MoreConnections,
+    Part,
+    download,
+    if_range,
+    journal_path,
+    same_version,
+    wants_blob,
+)
 from aisdl.engine.hostlimit import overloaded
 from aisdl.engine.limits import TokenBucket
 from aisdl.engine.retry import backoff_delay, should_retry
@@ -66,6 +79,33 @@ class FetchRequest:
     throttle: TokenBucket | None = None
     validator: str | None = None              # ETag or Last-Modified of the bytes in `work`
     sidecar: bool = False                     # whether `work` may have a validator file
+    blob: BlobSettings | None = None          # objects this big come in ranged parts at once
+    more_conns: MoreConnections | None = None  # connections a blob's parts may add
+
+
+@dataclass
+class BlobStart:
+    """The first answer shows a blob (see engine/blob.py): its transfer stops there."""
+
+    meta: SourceObject
+
+
+class _PartEvents:
+    """A blob part's transfer: its progress is counted by the blob; overload goes on."""
+
+    __slots__ = ("events",)
+
+    def __init__(self, events: FetchEvents) -> None:
+        self.events = events
+
+    def started(self, offset: int, total: int | None) -> None:
+        pass
+
+    def advanced(self, nbytes: int) -> None:
+        pass
+
+    def strained(self) -> None:
+        self.events.strained()
 
 
 def _sidecar(work: str) -> str:
@@ -78,6 +118,7 @@ def _remove(path: str) -> None:
 
 
 def discard(work: str) -> None:
+    _remove(journal_path(work))  # first: a work file without its journal is started over
     _remove(work)
     _remove(_sidecar(work))
 
@@ -96,6 +137,8 @@ class Fetcher:
                 return await self._attempt(req, events, _size(req.work))
             except SourceError as err:
                 attempts += 1
+                if isinstance(err, Changed):  # never splice two versions: start over
+                    discard(req.work)
                 if overloaded(err):
                     events.strained()
                 if (size := _size(req.work)) > furthest and not isinstance(err, TooSlow):
@@ -113,27 +156,109 @@ class Fetcher:
                 await asyncio.sleep(delay)
 
     async def _attempt(self, req: FetchRequest, events: FetchEvents, size: int) -> Fetched:
-        start, if_range = _resume_point(req, size)
+        if req.blob is not None and os.path.exists(journal_path(req.work)):
+            blob = Blob.resume(req.work)  # a blob an earlier attempt or run began
+            if blob is not None:
+                return await self._blob(req, events, blob)
+            discard(req.work)
+            size = 0
+        start, validator = _resume_point(req, size)
         curl = self.sources.curl
-        if curl is not None and req.throttle is None and req.link[:4].lower() == "http":
-            got = await curl.attempt(req, events, start, if_range)
+        if self._on_curl(req):
+            assert curl is not None
+            probe = None if start or req.blob is None else functools.partial(wants_blob,
+                                                                              req.blob)
+            got = await curl.attempt(req, events, start, validator, probe=probe)
+            if isinstance(got, BlobStart):
+                return await self._blob(req, events, self._begin_blob(req, got.meta))
             if isinstance(got, Fetched):
                 return got
             return await self._end_body(req, got.meta, got.digest)
         limits = self.sources.limits
         watch = Watchdog(limits, req.timeout)
         source = self.sources.for_link(req.link)
-        async with source.open(req.link, start=start, if_range=if_range, stored=req.stored,
+        async with source.open(req.link, start=start, if_range=validator, stored=req.stored,
                                headers=req.headers, timeout=watch.stall) as obj:
             if obj.not_modified or unchanged(req, start, obj.meta):
                 return Fetched(unchanged=True)
             meta = obj.meta
             check_size(limits, meta.size)
-            watch.restart(time.monotonic())  # a wait for a pooled connection was no slowness
-            digest = begin_body(req, meta, obj.offset)
-            events.started(obj.offset, meta.size)
-            await self._stream(req, obj, events, digest, watch)
+            is_blob = not start and wants_blob(req.blob, meta, obj.ranges)
+            if not is_blob:  # (a blob's first answer is left unread: its parts follow)
+                watch.restart(time.monotonic())  # a wait for a pooled connection: no slowness
+                digest = begin_body(req, meta, obj.offset)
+                events.started(obj.offset, meta.size)
+                await self._stream(req, obj, events, digest, watch)
+        if is_blob:
+            return await self._blob(req, events, self._begin_blob(req, meta))
         return await self._end_body(req, meta, digest)
+
+    def _on_curl(self, req: FetchRequest) -> bool:
+        """Plain http(s) GETs run on libcurl; throttled ones on aiohttp (the token bucket
+        paces its chunk loop)."""
+        return (self.sources.curl is not None and req.throttle is None
+                and req.link[:4].lower() == "http")
+
+    def _begin_blob(self, req: FetchRequest, meta: SourceObject) -> Blob:
+        assert req.blob is not None
+        discard(req.work)  # what a single stream left, if anything
+        req.validator, req.sidecar = None, False
+        return Blob.begin(req.work, meta, req.blob.conns)
+
+    async def _blob(self, req: FetchRequest, events: FetchEvents, blob: Blob) -> Fetched:
+        """The object's parts over this connection and those `req.more_conns` spares."""
+        assert req.blob is not None
+        read = self._curl_part if self._on_curl(req) else self._stream_part
+        try:
+            size, cksum = await download(blob, functools.partial(read, req, events), events,
+                                         req.blob.conns, req.more_conns, self.policy)
+        finally:
+            blob.close()
+        return Fetched(unchanged=False, size=size, cksum=cksum, custom=blob.meta.custom(req.link))
+
+    async def _curl_part(self, req: FetchRequest, events: FetchEvents, blob: Blob,
+                         part: Part) -> None:
+        curl = self.sources.curl
+        assert curl is not None
+        await curl.attempt(req, _PartEvents(events), part.pos, if_range(blob.meta),
+                           part=(part.end, functools.partial(blob.wrote, part), blob.meta))
+
+    async def _stream_part(self, req: FetchRequest, events: FetchEvents, blob: Blob,
+                           part: Part) -> None:
+        """A part through the source's own reader (cloud stores, throttled http), written at
+        its offset."""
+        watch = Watchdog(self.sources.limits, req.timeout)
+        source = self.sources.for_link(req.link)
+        async with source.open(req.link, start=part.pos, end=part.end,
+                               if_range=if_range(blob.meta), headers=req.headers,
+                               timeout=watch.stall) as obj:
+            if obj.offset != part.pos:
+                raise Changed("a part was answered without its range")
+            if not same_version(blob.meta, obj.meta):
+                raise Changed("another version of the object answered a part")
+            watch.restart(time.monotonic())
+            chunk = req.throttle.chunk_size if req.throttle else CHUNK
+            fd = os.open(req.work, os.O_WRONLY | os.O_CLOEXEC)
+            got = 0
+            try:
+                async for data in obj.chunks(chunk):
+                    view = memoryview(data)[:part.left]
+                    while view:
+                        n = os.pwrite(fd, view, part.pos)
+                        blob.wrote(part, n)
+                        view = view[n:]
+                    got += len(data)
+                    if req.throttle:  # the job's rate, shared by all its transfers and parts
+                        req.throttle.charge(len(data))
+                        waited = time.monotonic()
+                        await req.throttle.wait_ready()
+                        watch.pause(time.monotonic() - waited)
+                    if not part.left:
+                        return
+                    if error := watch.saw(got, time.monotonic()):
+                        raise error
+            finally:
+                os.close(fd)
 
     async def _end_body(self, req: FetchRequest, meta: SourceObject,
                         digest: Digest | None) -> Fetched:

@@ -155,6 +155,14 @@ class FairSlots:
                 self._forget(job, host, waiter)
             raise
 
+    def try_acquire(self, job: Hashable, host: str) -> Ticket | None:
+        """A slot now, or None: for a blob's extra parts, which never wait (and never take a
+        turn from a transfer that does)."""
+        limit = self.host(host)
+        if not self._waiting and self.used < self.total and limit.has_room():
+            return self._start(job, host, limit)
+        return None
+
     def strained(self, ticket: Ticket) -> None:
         """The transfer holding `ticket` showed that its host is overloaded."""
         ticket.strained = True
