@@ -42,10 +42,9 @@ from aisdl.sources.base import SourceObject
 log = logging.getLogger("aisdl.engine")
 DEFAULT_CONNS = 8
 MAX_CONNS = 128        # AIS's bound of its blob downloader's workers
-PART_MIN = 8 << 20     # parts of a large object: at least this, about 4 per connection
+PART_MIN = 8 << 20     # the smallest part of a large object (a request each: a round trip)
 PART_FLOOR = 1 << 20   # a smaller object: one part per connection, at least this big
 PART_ALIGN = 64 << 10
-PARTS_PER_CONN = 4
 HASH_STEP = 8 << 20    # bytes read back and hashed at a time
 ATTEMPTS_CAP = 4       # x the policy's attempts: the most tries of one part, progress or not
 _COUNTER = struct.Struct("<Q")
@@ -76,14 +75,26 @@ def wants_blob(settings: BlobSettings | None, meta: SourceObject, ranges: bool) 
             and bool(meta.etag or meta.last_modified or meta.version))
 
 
-def part_size(size: int, conns: int) -> int:
-    """About PARTS_PER_CONN parts per connection, none under PART_MIN (a request each costs a
-    round trip); an object smaller than that gets one part per connection instead."""
+def _align(n: int) -> int:
+    return max(PART_ALIGN, -(-n // PART_ALIGN) * PART_ALIGN)
+
+
+def layout(size: int, conns: int) -> list[int]:
+    """Where the parts of an object of `size` bytes start. The first `conns` parts are small
+    (PART_MIN, or the object split evenly when smaller): they end soon, which shows the
+    host's limit that it keeps up (engine/hostlimit.py) and starts the hash behind them. Then
+    each part is 1/(2 x conns) of what is left, never under the first ones' size: large parts
+    while much is left (few requests), small ones at the end, so the connections finish
+    together rather than waiting for one last large part."""
     conns = max(1, conns)
-    part = -(-size // (conns * PARTS_PER_CONN))
-    if part < PART_MIN:
-        part = min(PART_MIN, max(PART_FLOOR, -(-size // conns)))
-    return max(PART_ALIGN, -(-part // PART_ALIGN) * PART_ALIGN)
+    first = _align(min(PART_MIN, max(PART_FLOOR, -(-size // conns))))
+    starts: list[int] = []
+    pos = 0
+    while pos < size:
+        starts.append(pos)
+        pos += first if len(starts) <= conns else max(first,
+                                                       _align((size - pos) // (2 * conns)))
+    return starts
 
 
 def journal_path(work: str) -> str:
@@ -108,7 +119,7 @@ class Part:
 
 class _Header(msgspec.Struct):
     meta: SourceObject
-    part: int
+    starts: list[int]
 
 
 class Journal:
@@ -119,10 +130,10 @@ class Journal:
         self.fd, self.base = fd, base
 
     @classmethod
-    def create(cls, path: str, meta: SourceObject, part: int, parts: int) -> Journal:
-        head = msgspec.json.encode(_Header(meta, part)) + b"\n"
+    def create(cls, path: str, meta: SourceObject, starts: list[int]) -> Journal:
+        head = msgspec.json.encode(_Header(meta, starts)) + b"\n"
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-        os.write(fd, head + bytes(_COUNTER.size * parts))
+        os.write(fd, head + bytes(_COUNTER.size * len(starts)))
         return cls(fd, len(head))
 
     def record(self, part: Part) -> None:
@@ -134,9 +145,9 @@ class Journal:
             self.fd = -1
 
 
-def _layout(size: int, part: int) -> list[Part]:
-    return [Part(i, start, min(start + part, size))
-            for i, start in enumerate(range(0, size, part))]
+def _parts(size: int, starts: list[int]) -> list[Part]:
+    ends = [*starts[1:], size]
+    return [Part(i, start, end) for i, (start, end) in enumerate(zip(starts, ends, strict=True))]
 
 
 class Blob:
@@ -156,9 +167,9 @@ class Blob:
         """A new blob: the journal first, then the work file at its full size (a crash in
         between leaves a journal whose work file is missing: started over)."""
         assert meta.size is not None
-        part = part_size(meta.size, conns)
-        parts = _layout(meta.size, part)
-        journal = Journal.create(journal_path(work), meta, part, len(parts))
+        starts = layout(meta.size, conns)
+        journal = Journal.create(journal_path(work), meta, starts)
+        parts = _parts(meta.size, starts)
         fd = os.open(work, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
         try:
             os.ftruncate(fd, meta.size)
@@ -177,9 +188,11 @@ class Blob:
             head, sep, counters = raw.partition(b"\n")
             header = msgspec.json.decode(head, type=_Header)
             size = header.meta.size
-            if not sep or size is None or header.part <= 0 or os.stat(work).st_size != size:
+            starts = header.starts
+            if not sep or size is None or not starts or starts[0] or os.stat(work).st_size != size \
+                    or any(b <= a for a, b in zip(starts, [*starts[1:], size], strict=True)):
                 return None
-            parts = _layout(size, header.part)
+            parts = _parts(size, starts)
             if len(counters) != _COUNTER.size * len(parts):
                 return None
             for p in parts:

@@ -421,7 +421,7 @@ class ChunkRunner:
         back (`answered`: the host answered that part, so it kept up)."""
         if watch.spare <= 0:
             return None
-        ticket = self.slots.try_acquire(watch.chunk.job, host)
+        ticket = self.slots.try_acquire(watch.chunk.job, host, watch.chunk.blob_conns)
         if ticket is None:
             return None
         watch.spare -= 1
