@@ -29,6 +29,7 @@ import platform
 import random
 import shutil
 import statistics
+import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -58,7 +59,7 @@ REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results" / "blob"
 MiB = 1 << 20
 BLOCK = 64 * MiB
-POLL = 0.05  # seconds between status polls (the job's end time comes from the node anyway)
+POLL = 0.25  # seconds between status polls (the job's end time comes from the node anyway)
 TIMEOUT = 1800.0
 
 
@@ -232,6 +233,9 @@ def report(args: argparse.Namespace, size: int, runs: list[Run]) -> str:
     best = min(peers, key=lambda t: peers[t]) if peers else None
     now = dt.datetime.now(dt.UTC)
     rev = aisdl_revision()
+    if not rev.get("commit"):  # a git worktree: .git is a file, ask git
+        rev["commit"] = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"],
+                                       capture_output=True, text=True).stdout.strip()
     lines = [
         f"# (e) one {size / 2**30:.2f} GiB file, {args.rate} per connection "
         f"({now:%Y-%m-%d %H:%M} UTC)", "",

@@ -94,7 +94,7 @@ def test_layout_of_a_large_object() -> None:
     starts = layout(size, conns)
     sizes = [b - a for a, b in zip(starts, [*starts[1:], size], strict=True)]
     assert sizes[:conns] == [8 * MiB] * conns      # the first ones end soon
-    assert max(sizes) == sizes[conns] > 100 * MiB  # then large parts while much is left
+    assert max(sizes) == sizes[conns] == 32 * MiB  # then equal ones while much is left
     assert sizes[-2] == 8 * MiB                    # small ones at the end
     assert sizes == sorted(sizes[:conns]) + sorted(sizes[conns:], reverse=True)
     assert len(sizes) < 200
@@ -171,6 +171,21 @@ def test_source_without_ranges_falls_back_to_one_stream(origin, node):
     assert (st["finished_cnt"], st["error_cnt"]) == (1, 0)
     assert len(origin.requests("/plain", "GET")) == 1  # the first answer was the object
     assert c.get_object(BCK, "big").content == virtual_bytes(2, size)
+
+
+def test_small_and_empty_objects_of_a_blob_job_come_whole(origin, node):
+    origin.add("/empty", b"")  # `Range: bytes=0-` of nothing: 416
+    origin.add_virtual("/small", 300_000, seed=9)
+    c = node.client()
+    job = c.start_download({"type": "multi", "bucket": {"name": "b"}, "blob-threshold": MiB,
+                            "objects": {"empty": origin.url_for("/empty"),
+                                        "small": origin.url_for("/small")}})
+    st = wait_job(c, job)
+    assert (st["finished_cnt"], st["error_cnt"]) == (2, 0), st.get("download_errors")
+    assert c.get_object(BCK, "empty").content == b""
+    assert c.get_object(BCK, "small").content == virtual_bytes(9, 300_000)
+    assert len(origin.requests("/small", "GET")) == 1  # one answer, the whole object
+    assert parts_asked(origin, "/small") == []
 
 
 def test_a_part_cut_midway_is_retried_at_its_own_byte(origin, node):

@@ -43,6 +43,8 @@ log = logging.getLogger("aisdl.engine")
 DEFAULT_CONNS = 8
 MAX_CONNS = 128        # AIS's bound of its blob downloader's workers
 PART_MIN = 8 << 20     # the smallest part of a large object (a request each: a round trip)
+PART_MAX = 32 << 20    # the largest: parts end in about the order they began, so the hash
+                       # behind them (which needs the bytes in order) keeps up
 PART_FLOOR = 1 << 20   # a smaller object: one part per connection, at least this big
 PART_ALIGN = 64 << 10
 HASH_STEP = 8 << 20    # bytes read back and hashed at a time
@@ -83,17 +85,17 @@ def layout(size: int, conns: int) -> list[int]:
     """Where the parts of an object of `size` bytes start. The first `conns` parts are small
     (PART_MIN, or the object split evenly when smaller): they end soon, which shows the
     host's limit that it keeps up (engine/hostlimit.py) and starts the hash behind them. Then
-    each part is 1/(2 x conns) of what is left, never under the first ones' size: large parts
-    while much is left (few requests), small ones at the end, so the connections finish
-    together rather than waiting for one last large part."""
+    each part is 1/(2 x conns) of what is left, within [that size, PART_MAX]: equal parts while
+    much is left (they end in the order they began: the hash keeps up), smaller ones at the
+    end, so the connections finish together rather than waiting for one last large part."""
     conns = max(1, conns)
     first = _align(min(PART_MIN, max(PART_FLOOR, -(-size // conns))))
     starts: list[int] = []
     pos = 0
     while pos < size:
         starts.append(pos)
-        pos += first if len(starts) <= conns else max(first,
-                                                       _align((size - pos) // (2 * conns)))
+        guided = min(PART_MAX, _align((size - pos) // (2 * conns)))
+        pos += first if len(starts) <= conns else max(first, guided)
     return starts
 
 
@@ -349,13 +351,15 @@ async def _hash(blob: Blob) -> tuple[int, str]:
     md5 = hashlib.md5() if blob.meta.md5 else None
     loop = asyncio.get_running_loop()
     fd = os.open(blob.work, os.O_RDONLY | os.O_CLOEXEC)
+    buffer = bytearray(HASH_STEP)  # one buffer: a fresh 8 MiB bytes each read costs its pages
+    view = memoryview(buffer)
 
     def step(pos: int, n: int) -> int:
-        data = os.pread(fd, n, pos)
-        xx.update(data)
+        got = os.preadv(fd, [view[:n]], pos)
+        xx.update(view[:got])
         if md5 is not None:
-            md5.update(data)
-        return len(data)
+            md5.update(view[:got])
+        return got
 
     try:
         pos = 0

@@ -347,6 +347,9 @@ class CurlEngine:
         if t.part is not None:
             return self._begin_part(t, status, headers)
         req = t.req
+        if t.probe is not None and status == 416 and not t.start:
+            t.outcome = BlobStart(None)  # an empty object has no byte 0 to range from
+            return False
         try:
             judged = judge(status, headers, t.start, req.stored)
         except SourceError as err:

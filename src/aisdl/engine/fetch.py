@@ -85,9 +85,11 @@ class FetchRequest:
 
 @dataclass
 class BlobStart:
-    """The first answer shows a blob (see engine/blob.py): its transfer stops there."""
+    """The first answer shows a blob (see engine/blob.py): its transfer stops there. None:
+    the source refused its `Range: bytes=0-` (416, as for an empty object): ask again
+    without it."""
 
-    meta: SourceObject
+    meta: SourceObject | None
 
 
 class _PartEvents:
@@ -169,7 +171,10 @@ class Fetcher:
             probe = None if start or req.blob is None else functools.partial(wants_blob,
                                                                               req.blob)
             got = await curl.attempt(req, events, start, validator, probe=probe)
+            if isinstance(got, BlobStart) and got.meta is None:
+                got = await curl.attempt(req, events, start, validator)
             if isinstance(got, BlobStart):
+                assert got.meta is not None
                 return await self._blob(req, events, self._begin_blob(req, got.meta))
             if isinstance(got, Fetched):
                 return got
