@@ -23,6 +23,7 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+import mmap
 import os
 import struct
 from collections import deque
@@ -47,7 +48,7 @@ PART_MAX = 32 << 20    # the largest: parts end in about the order they began, s
                        # behind them (which needs the bytes in order) keeps up
 PART_FLOOR = 1 << 20   # a smaller object: one part per connection, at least this big
 PART_ALIGN = 64 << 10
-HASH_STEP = 8 << 20    # bytes read back and hashed at a time
+HASH_STEP = 64 << 20   # bytes hashed at a time (a page-aligned window of the work file)
 ATTEMPTS_CAP = 4       # x the policy's attempts: the most tries of one part, progress or not
 _COUNTER = struct.Struct("<Q")
 
@@ -351,17 +352,22 @@ async def _hash(blob: Blob) -> tuple[int, str]:
     md5 = hashlib.md5() if blob.meta.md5 else None
     loop = asyncio.get_running_loop()
     fd = os.open(blob.work, os.O_RDONLY | os.O_CLOEXEC)
-    buffer = bytearray(HASH_STEP)  # one buffer: a fresh 8 MiB bytes each read costs its pages
-    view = memoryview(buffer)
 
     def step(pos: int, n: int) -> int:
-        got = os.preadv(fd, [view[:n]], pos)
-        xx.update(view[:got])
-        if md5 is not None:
-            md5.update(view[:got])
-        return got
+        # Hashed where the bytes lie in the page cache: copying them out first (pread) cost
+        # ~4x the CPU of the hash itself (4 GiB: 1.9 s against 0.5 s). The work file has its
+        # full size from the start and is only ever unlinked, never cut: no SIGBUS.
+        with mmap.mmap(fd, n, prot=mmap.PROT_READ, offset=pos) as window:
+            window.madvise(mmap.MADV_SEQUENTIAL)
+            xx.update(window)
+            if md5 is not None:
+                md5.update(window)
+        return n
 
     try:
+        if (on_disk := os.fstat(fd).st_size) != blob.size:
+            raise SourceError(f"the work file has {on_disk} bytes, the source announced "
+                              f"{blob.size}", transient=True)
         pos = 0
         while pos < blob.size:
             blob.progress.clear()
@@ -369,14 +375,7 @@ async def _hash(blob: Blob) -> tuple[int, str]:
             if ready <= pos:
                 await blob.progress.wait()
                 continue
-            got = await loop.run_in_executor(None, step, pos, min(ready - pos, HASH_STEP))
-            if not got:
-                raise SourceError("the work file is shorter than its parts say",
-                                  transient=True)
-            pos += got
-        if os.fstat(fd).st_size != blob.size:
-            raise SourceError(f"got {os.fstat(fd).st_size} bytes, the source announced "
-                              f"{blob.size}", transient=True)
+            pos += await loop.run_in_executor(None, step, pos, min(ready - pos, HASH_STEP))
     finally:
         os.close(fd)
     if md5 is not None and md5.hexdigest() != blob.meta.md5:
