@@ -372,6 +372,8 @@ async def _hash(blob: Blob) -> tuple[int, str]:
         while pos < blob.size:
             blob.progress.clear()
             ready = blob.prefix()
+            if ready < blob.size:  # windows start at a page
+                ready -= ready % mmap.ALLOCATIONGRANULARITY
             if ready <= pos:
                 await blob.progress.wait()
                 continue
