@@ -54,8 +54,8 @@ _UNTRUSTED = {pycurl.E_PEER_FAILED_VERIFICATION, pycurl.E_SSL_CACERT_BADFILE}
 _LOST = {pycurl.E_PARTIAL_FILE, pycurl.E_RECV_ERROR, pycurl.E_GOT_NOTHING, pycurl.E_SEND_ERROR}
 # Whether an object's first answer makes it a blob: (its validators, whether ranges are served)
 Probe = Callable[[SourceObject, bool], bool]
-# A part of a blob: where it ends, what is told of each write, the blob's validators
-PartSpec = tuple[int, Callable[[int], None], SourceObject]
+# A part of a blob: where it ends, what takes its body's bytes in order, the blob's validators
+PartSpec = tuple[int, Callable[[bytes], None], SourceObject]
 
 
 @dataclass
@@ -155,9 +155,12 @@ class _Sink(io.RawIOBase):
                                         transient=True)
                 engine.stop_soon(t)
                 return n
-            view = data
-            while view:
-                view = view[os.write(t.fd, view):]
+            if t.part is not None:
+                t.part[1](bytes(data))  # its writer puts them at the part's next offset
+            else:
+                view = data
+                while view:
+                    view = view[os.write(t.fd, view):]
         except Exception as exc:  # noqa: BLE001 - nothing may escape into libcurl
             t.outcome = exc
             engine.stop_soon(t)
@@ -165,8 +168,6 @@ class _Sink(io.RawIOBase):
         if t.digest is not None:
             t.digest.update(data)
         t.written += n
-        if t.part is not None:
-            t.part[1](n)  # after the write: the blob's journal never runs ahead of the bytes
         return n
 
 
