@@ -44,8 +44,10 @@ CHUNK = 256 * 1024
 WRITE_BATCH = 1 << 20  # bytes handed to a writer thread at once
 SIDECAR_FROM = 4 << 20  # files this big keep their validator on disk for resume after a crash
 ATTEMPTS_CAP = 4  # x the policy's attempts: the most tries of one file, progress or not
-PART_WRITERS = 32     # threads that write blob parts (a part has one write in flight at most)
-PART_BACKLOG = 16 << 20  # bytes of a part waiting for its writer before the loop waits too
+PART_WRITERS = 1      # threads that write blob parts: one (16 writing one file at once
+                      # spent 4 s more CPU per 4 GiB on the file's lock); a part has one
+                      # batch in flight at most
+PART_BACKLOG = 8 << 20  # bytes of a part waiting for the writer before the loop waits too
 
 
 class TaskEvents(Protocol):
@@ -314,11 +316,11 @@ class Fetcher:
 
 
 class _PartWriter:
-    """A blob part's body, written at its offsets on a thread while the event loop goes on
-    reading every part's socket: a write the kernel holds back (dirty pages over its limit)
-    stalls that part alone, not all of them (4 GiB to disk: dips of a second in the whole
-    blob's rate when the loop wrote). One batch in flight at a time, so the part's journal
-    entry, recorded after each batch, counts bytes in order that are all in the file."""
+    """A blob part's body, written at its offsets by the writer thread while the event loop
+    goes on reading every part's socket: a write the kernel holds back (dirty pages over its
+    limit) no longer stops all parts' sockets at once (4 GiB to disk: dips of a second in the
+    whole blob's rate when the loop wrote). One batch in flight at a time, so the part's
+    journal entry, recorded after each batch, counts bytes in order that are all in the file."""
 
     def __init__(self, blob: Blob, part: Part, pool: ThreadPoolExecutor) -> None:
         self.blob, self.part, self.pool = blob, part, pool
