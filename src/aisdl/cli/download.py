@@ -186,6 +186,11 @@ def _is_backed_by(client: Client, dest: Dest, source: Source) -> bool:
               help="Max concurrent connections of this job (0: the node's limit).")
 @click.option("--limit-bph", type=SIZE, default=None,
               help="Max bytes downloaded per hour, e.g. 1GiB, 500MB (default: unlimited).")
+@click.option("--blob-threshold", type=SIZE, default=None,
+              help="Fetch objects of at least this size (e.g. 100MiB) as ranged parts over"
+              " several connections at once (default: one connection per object).")
+@click.option("--blob-conns", type=click.IntRange(min=1, max=128), default=None,
+              help="Connections of one such object at most (default: 8; within --max-conns).")
 @click.option("--object-list", "--from", "object_list", default=None,
               help="Path to a file with a JSON array of object names to download.")
 @click.option("--progress", is_flag=True,
@@ -213,6 +218,7 @@ def _is_backed_by(client: Client, dest: Dest, source: Source) -> bool:
 def start_download(obj: CliContext, args: tuple[str, ...], description: str,
                    timeout: float | None, download_timeout: float | None, latest: bool,
                    sync: bool, max_conns: int, limit_bph: int | None,
+                   blob_threshold: int | None, blob_conns: int | None,
                    object_list: str | None, progress: bool, progress_interval: float,
                    wait: bool, hf_model: str, hf_dataset: str, hf_file: str, hf_revision: str,
                    hf_auth: str, as_json: bool, units: str) -> None:
@@ -225,6 +231,8 @@ def start_download(obj: CliContext, args: tuple[str, ...], description: str,
       ais start download https://example.com/data ais://b --object-list=names.json
       ais start download --hf-model openai/whisper-tiny ais://models/whisper/
     """
+    if blob_conns is not None and not blob_threshold:
+        raise BadRequest("--blob-conns takes effect only with --blob-threshold")
     client = obj.client
     if hf_model or hf_dataset:
         dest = parse_dest(_hf_destination(args))
@@ -251,6 +259,10 @@ def start_download(obj: CliContext, args: tuple[str, ...], description: str,
     body.update(description=description, timeout=f"{timeout}s" if timeout else "",
                 limits={"connections": max_conns, "bytes_per_hour": limit_bph or 0},
                 progress_interval=f"{progress_interval}s")
+    if blob_threshold:
+        body["blob-threshold"] = blob_threshold
+        if blob_conns is not None:
+            body["blob-num-workers"] = blob_conns
     existed = client.bucket_exists(dest.bucket)
     job_id = client.start_download(body)
     if not existed:

@@ -21,16 +21,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import functools
 import logging
 import math
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import msgspec
 
 from aisdl.config import NodeConfig
+from aisdl.engine.blob import BlobSettings
 from aisdl.engine.fetch import Fetcher, FetchRequest, discard
 from aisdl.engine.hostlimit import START, host_of
 from aisdl.engine.limits import FairSlots, Ticket, TokenBucket
@@ -70,6 +72,8 @@ class Chunk(msgspec.Struct, frozen=True):
     headers: dict[str, list[str]] = {}
     timeout: float | None = None
     write_through: str = ""               # a cloud bucket's link prefix: objects go there too
+    blob_threshold: int = 0               # objects this big come in ranged parts at once...
+    blob_conns: int = 0                   # ...over up to this many of the chunk's connections
     lease: str = ""   # a file that names the node running the job (`owner`): a chunk of a
     owner: str = ""   # node that is gone, or replaced by another, stops (remote workers)
     protocol: int = PROTOCOL
@@ -157,6 +161,7 @@ class Watch:
         self.sent = 0         # rows reported so far (worker side)
         self.taken = 0        # rows handed to the job's records so far (node side)
         self.retries: Retries = {}  # by cause: not yet reported (worker side), all (node side)
+        self.spare = 0  # connections of the chunk no lane uses: a blob's parts may use them
 
     def retried(self, retries: Retries) -> None:
         for cause, n in retries.items():
@@ -342,9 +347,11 @@ class ChunkRunner:
 
     async def _lanes(self, watch: Watch, items: Iterator[ChunkItem], journal: Journal,
                      throttle: TokenBucket | None) -> None:
+        lanes = max(1, min(watch.chunk.conns, len(watch.chunk.items)))
+        watch.spare = watch.chunk.conns - lanes
         try:
             async with asyncio.TaskGroup() as tg:
-                for _ in range(max(1, min(watch.chunk.conns, len(watch.chunk.items)))):
+                for _ in range(lanes):
                     tg.create_task(self._lane(watch, items, journal, throttle))
         except BaseExceptionGroup as group:  # a lane's own bug is re-raised as it was
             cancelled = group.subgroup(asyncio.CancelledError)
@@ -369,6 +376,7 @@ class ChunkRunner:
                 time.time_ns()
             watch.rows.append(row)
             watch.changed = True
+        watch.spare += 1  # no item left for this lane: its connection may serve a blob
 
     def _work(self, chunk: Chunk, item: ChunkItem) -> str:
         return self.layout.work_file(chunk.bck, item.name, chunk.job, f".{item.index}")
@@ -394,11 +402,15 @@ class ChunkRunner:
                 known = None  # a new version: fetched whole (its ETag may still match ours)
             work = self._work(chunk, item)
             # A pinned listing said it changed: no conditional GET against our copy
+            host = host_of(item.link)
             req = FetchRequest(link=item.link, work=work,
                                stored=None if item.expect else known, headers=chunk.headers,
                                timeout=chunk.timeout, throttle=throttle, expect=item.expect,
                                download_timeout=chunk.download_timeout)
-            async with self.slots.take(chunk.job, host_of(item.link)) as ticket:
+            if chunk.blob_threshold:
+                req.blob = BlobSettings(chunk.blob_threshold, chunk.blob_conns)
+                req.more_conns = functools.partial(self._more_conns, watch, host)
+            async with self.slots.take(chunk.job, host) as ticket:
                 try:
                     got = await self.fetcher.fetch(req, _Events(flight, watch, self.slots,
                                                                 ticket))
@@ -433,6 +445,26 @@ class ChunkRunner:
                 discard(work)
         row.placed = False
         return row
+
+
+    def _more_conns(self, watch: Watch, host: str) -> Callable[[bool], None] | None:
+        """One more connection for a blob's part: one the chunk holds and no lane uses, and a
+        slot of this process for `host`, both now or not at all. What it returns gives both
+        back (`answered`: the host answered that part, so it kept up)."""
+        if watch.spare <= 0:
+            return None
+        ticket = self.slots.try_acquire(watch.chunk.job, host, watch.chunk.blob_conns)
+        if ticket is None:
+            return None
+        watch.spare -= 1
+
+        def release(answered: bool) -> None:
+            if answered:
+                ticket.answered()
+            self.slots.release(ticket)
+            watch.spare += 1
+
+        return release
 
 
 def describe(exc: BaseException) -> str:

@@ -18,6 +18,7 @@ import select
 import socket
 import ssl
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -26,8 +27,10 @@ import pycurl  # type: ignore[import-untyped]
 from multidict import CIMultiDict
 
 from aisdl.config import TransferLimits
+from aisdl.engine.blob import Changed, same_version
 from aisdl.engine.egress import blocked_reason
 from aisdl.engine.fetch import (
+    BlobStart,
     Digest,
     Fetched,
     FetchEvents,
@@ -49,6 +52,10 @@ BUFFER = 1 << 20         # libcurl's read buffer and our write buffer, per trans
 TICK = 0.1               # seconds between looks at running transfers (progress, stalls)
 _UNTRUSTED = {pycurl.E_PEER_FAILED_VERIFICATION, pycurl.E_SSL_CACERT_BADFILE}
 _LOST = {pycurl.E_PARTIAL_FILE, pycurl.E_RECV_ERROR, pycurl.E_GOT_NOTHING, pycurl.E_SEND_ERROR}
+# Whether an object's first answer makes it a blob: (its validators, whether ranges are served)
+Probe = Callable[[SourceObject, bool], bool]
+# A part of a blob: where it ends, what takes its body's bytes in order, the blob's validators
+PartSpec = tuple[int, Callable[[bytes], None], SourceObject]
 
 
 @dataclass
@@ -63,9 +70,11 @@ class _Transfer:
     """One attempt, from submission until its outcome reaches the event loop."""
 
     def __init__(self, req: FetchRequest, events: FetchEvents, start: int, if_range: str | None,
-                 headers: list[str], watch: Watchdog, final: asyncio.Future[Any]) -> None:
+                 headers: list[str], watch: Watchdog, final: asyncio.Future[Any],
+                 probe: Probe | None = None, part: PartSpec | None = None) -> None:
         self.req, self.events, self.start, self.if_range = req, events, start, if_range
         self.headers, self.watch, self.final = headers, watch, final
+        self.probe, self.part = probe, part
         self.handle: _Handle | None = None
         self.fd: int | None = None
         self.meta: SourceObject | None = None
@@ -141,9 +150,17 @@ class _Sink(io.RawIOBase):
                 t.outcome = too_large(limit)
                 engine.stop_soon(t)
                 return n
-            view = data
-            while view:
-                view = view[os.write(t.fd, view):]
+            if t.part is not None and t.offset + t.written + n > t.part[0]:
+                t.outcome = SourceError("the source sent more than a part's range",
+                                        transient=True)
+                engine.stop_soon(t)
+                return n
+            if t.part is not None:
+                t.part[1](bytes(data))  # its writer puts them at the part's next offset
+            else:
+                view = data
+                while view:
+                    view = view[os.write(t.fd, view):]
         except Exception as exc:  # noqa: BLE001 - nothing may escape into libcurl
             t.outcome = exc
             engine.stop_soon(t)
@@ -184,19 +201,27 @@ class CurlEngine:
         self.idle: list[_Handle] = []
 
     async def attempt(self, req: FetchRequest, events: FetchEvents, start: int,
-                      if_range: str | None) -> Fetched | Body:
+                      if_range: str | None, *, probe: Probe | None = None,
+                      part: PartSpec | None = None) -> Fetched | Body | BlobStart:
+        """One GET of `req.link` from `start`. `probe`: asked at the first answer whether the
+        object is a blob (then it stops with BlobStart; a `Range: bytes=0-` asks the source to
+        show whether it serves ranges). `part`: bytes [start, part's end) of a blob, written
+        at their offset of the work file."""
         loop = asyncio.get_running_loop()
         if self.loop is not loop:
             self.loop = loop
             loop.add_reader(self.epoll.fileno(), self._on_ready)
         # Refused here (before a handle is taken) when a header could inject lines
-        headers = [f"{k}: {v}" for k, v in request_headers(req.headers, start, if_range,
-                                                           req.stored)]
+        pairs = request_headers(req.headers, start, if_range, None if part else req.stored,
+                                end=part[0] if part else None)
+        if probe is not None and not start:
+            pairs.append(("Range", "bytes=0-"))
+        headers = [f"{k}: {v}" for k, v in pairs]
         t = _Transfer(req, events, start, if_range, headers, Watchdog(self.limits, req.timeout),
-                      self.loop.create_future())
+                      self.loop.create_future(), probe, part)
         self._add(t)
         try:
-            result: Fetched | Body = await t.final
+            result: Fetched | Body | BlobStart = await t.final
             return result
         except asyncio.CancelledError:
             if t in self.running:  # stop now: the work file is not touched after this
@@ -281,7 +306,8 @@ class CurlEngine:
                 t.outcome = exc
         self._finish(t)
 
-    def _outcome(self, t: _Transfer, code: int, message: str) -> Fetched | Body | Exception:
+    def _outcome(self, t: _Transfer, code: int,
+                 message: str) -> Fetched | Body | BlobStart | Exception:
         if code:
             return self._error(t, code, message)
         if t.fd is None and not self.begin(t):  # an empty body: headers decide alone
@@ -319,7 +345,12 @@ class CurlEngine:
         stops there)."""
         assert t.handle is not None
         status, headers = _parse(t.handle.lines)  # (pycurl refuses getinfo in a callback)
+        if t.part is not None:
+            return self._begin_part(t, status, headers)
         req = t.req
+        if t.probe is not None and status == 416 and not t.start:
+            t.outcome = BlobStart(None)  # an empty object has no byte 0 to range from
+            return False
         try:
             judged = judge(status, headers, t.start, req.stored)
         except SourceError as err:
@@ -334,6 +365,11 @@ class CurlEngine:
         except SourceError as err:
             t.outcome = err
             return False
+        # (the probe asked for `bytes=0-`: a source that serves ranges answers 206, whatever
+        # its Accept-Ranges says)
+        if t.probe is not None and not t.offset and t.probe(meta, status == 206):
+            t.outcome = BlobStart(meta)
+            return False
         t.digest = begin_body(req, meta, t.offset)
         if t.offset:
             fd = os.open(req.work, os.O_WRONLY | os.O_CLOEXEC)
@@ -342,6 +378,27 @@ class CurlEngine:
         else:
             fd = os.open(req.work, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
         t.fd, t.meta = fd, meta
+        return True
+
+    def _begin_part(self, t: _Transfer, status: int, headers: CIMultiDict[str]) -> bool:
+        """A blob part's answer: its range of the blob's version, or the blob starts over."""
+        assert t.part is not None
+        try:
+            judged = judge(status, headers, t.start, None)
+        except SourceError as err:
+            t.outcome = err
+            return False
+        assert judged is not None
+        meta, offset = judged
+        if status != 206 or offset != t.start:
+            t.outcome = Changed("a part was answered without its range")
+            return False
+        if not same_version(t.part[2], meta):
+            t.outcome = Changed("another version of the object answered a part")
+            return False
+        fd = os.open(t.req.work, os.O_WRONLY | os.O_CLOEXEC)
+        os.lseek(fd, t.start, os.SEEK_SET)
+        t.fd, t.meta, t.offset = fd, meta, t.start
         return True
 
     def _tick(self) -> None:

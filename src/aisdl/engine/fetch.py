@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import logging
 import os
@@ -17,6 +18,18 @@ from typing import Any, BinaryIO, Protocol
 import xxhash
 
 from aisdl.config import RetryPolicy, TransferLimits
+from aisdl.engine.blob import (
+    Blob,
+    BlobSettings,
+    Changed,
+    MoreConnections,
+    Part,
+    download,
+    if_range,
+    journal_path,
+    same_version,
+    wants_blob,
+)
 from aisdl.engine.hostlimit import overloaded
 from aisdl.engine.limits import TokenBucket
 from aisdl.engine.retry import backoff_delay, retry_cause, should_retry
@@ -31,6 +44,10 @@ CHUNK = 256 * 1024
 WRITE_BATCH = 1 << 20  # bytes handed to a writer thread at once
 SIDECAR_FROM = 4 << 20  # files this big keep their validator on disk for resume after a crash
 ATTEMPTS_CAP = 4  # x the policy's attempts: the most tries of one file, progress or not
+PART_WRITERS = 1      # threads that write blob parts: one (16 writing one file at once
+                      # spent 4 s more CPU per 4 GiB on the file's lock); a part has one
+                      # batch in flight at most
+PART_BACKLOG = 8 << 20  # bytes of a part waiting for the writer before the loop waits too
 
 
 class TaskEvents(Protocol):
@@ -73,6 +90,38 @@ class FetchRequest:
     # they arrive (size, ETag, sha256) and recorded as the object's validators.
     expect: SourceObject | None = None
     download_timeout: float | None = None     # seconds for the whole file, every try included
+    blob: BlobSettings | None = None          # objects this big come in ranged parts at once
+    more_conns: MoreConnections | None = None  # connections a blob's parts may add
+
+
+@dataclass
+class BlobStart:
+    """The first answer shows a blob (see engine/blob.py): its transfer stops there. None:
+    the source refused its `Range: bytes=0-` (416, as for an empty object): ask again
+    without it."""
+
+    meta: SourceObject | None
+
+
+class _PartEvents:
+    """A blob part's transfer: its progress is counted by the blob; overload goes on."""
+
+    __slots__ = ("events",)
+
+    def __init__(self, events: FetchEvents) -> None:
+        self.events = events
+
+    def started(self, offset: int, total: int | None) -> None:
+        pass
+
+    def advanced(self, nbytes: int) -> None:
+        pass
+
+    def strained(self) -> None:
+        self.events.strained()
+
+    def retried(self, cause: str) -> None:
+        pass  # a part's tries are the blob's to retry (and to count), not this transfer's
 
 
 def _sidecar(work: str) -> str:
@@ -85,6 +134,7 @@ def _remove(path: str) -> None:
 
 
 def discard(work: str) -> None:
+    _remove(journal_path(work))  # first: a work file without its journal is started over
     _remove(work)
     _remove(_sidecar(work))
 
@@ -94,6 +144,7 @@ class Fetcher:
         self.sources = sources
         self.policy = policy
         self._writers = ThreadPoolExecutor(max_workers=4, thread_name_prefix="writer")
+        self._part_writers: ThreadPoolExecutor | None = None
 
     async def fetch(self, req: FetchRequest, events: FetchEvents) -> Fetched:
         """The object into `req.work`, retrying what is transient, all within the job's
@@ -119,6 +170,8 @@ class Fetcher:
                 return await self._attempt(req, events, before)
             except SourceError as err:
                 attempts += 1
+                if isinstance(err, Changed):  # never splice two versions: start over
+                    discard(req.work)
                 if overloaded(err):
                     events.strained()
                 if (size := _size(req.work)) > furthest and not isinstance(err, TooSlow):
@@ -137,27 +190,119 @@ class Fetcher:
                 await asyncio.sleep(delay)  # then resume from `size`, as the disk has it
 
     async def _attempt(self, req: FetchRequest, events: FetchEvents, size: int) -> Fetched:
-        start, if_range = _resume_point(req, size)
+        if req.blob is not None and os.path.exists(journal_path(req.work)):
+            blob = Blob.resume(req.work)  # a blob an earlier attempt or run began
+            if blob is not None:
+                return await self._blob(req, events, blob)
+            discard(req.work)
+            size = 0
+        start, validator = _resume_point(req, size)
         curl = self.sources.curl
-        if curl is not None and req.throttle is None and req.link[:4].lower() == "http":
-            got = await curl.attempt(req, events, start, if_range)
+        if self._on_curl(req):
+            assert curl is not None
+            probe = None if start or req.blob is None else functools.partial(wants_blob,
+                                                                              req.blob)
+            got = await curl.attempt(req, events, start, validator, probe=probe)
+            if isinstance(got, BlobStart) and got.meta is None:
+                got = await curl.attempt(req, events, start, validator)
+            if isinstance(got, BlobStart):
+                assert got.meta is not None
+                return await self._blob(req, events, self._begin_blob(req, got.meta))
             if isinstance(got, Fetched):
                 return got
             return await self._end_body(req, got.meta, got.digest)
         limits = self.sources.limits
         watch = Watchdog(limits, req.timeout)
         source = self.sources.for_link(req.link)
-        async with source.open(req.link, start=start, if_range=if_range, stored=req.stored,
+        async with source.open(req.link, start=start, if_range=validator, stored=req.stored,
                                headers=req.headers, timeout=watch.stall) as obj:
             if obj.not_modified or unchanged(req, start, obj.meta):
                 return Fetched(unchanged=True)
             meta = obj.meta
             check_size(limits, meta.size)
-            watch.restart(time.monotonic())  # a wait for a pooled connection was no slowness
-            digest = begin_body(req, meta, obj.offset)
-            events.started(obj.offset, meta.size)
-            await self._stream(req, obj, events, digest, watch)
+            is_blob = not start and wants_blob(req.blob, meta, obj.ranges)
+            if not is_blob:  # (a blob's first answer is left unread: its parts follow)
+                watch.restart(time.monotonic())  # a wait for a pooled connection: no slowness
+                digest = begin_body(req, meta, obj.offset)
+                events.started(obj.offset, meta.size)
+                await self._stream(req, obj, events, digest, watch)
+        if is_blob:
+            return await self._blob(req, events, self._begin_blob(req, meta))
         return await self._end_body(req, meta, digest)
+
+    def _on_curl(self, req: FetchRequest) -> bool:
+        """Plain http(s) GETs run on libcurl; throttled ones on aiohttp (the token bucket
+        paces its chunk loop)."""
+        return (self.sources.curl is not None and req.throttle is None
+                and req.link[:4].lower() == "http")
+
+    def _begin_blob(self, req: FetchRequest, meta: SourceObject) -> Blob:
+        assert req.blob is not None
+        discard(req.work)  # what a single stream left, if anything
+        req.validator, req.sidecar = None, False
+        return Blob.begin(req.work, meta, req.blob.conns)
+
+    async def _blob(self, req: FetchRequest, events: FetchEvents, blob: Blob) -> Fetched:
+        """The object's parts over this connection and those `req.more_conns` spares."""
+        assert req.blob is not None
+        read = self._curl_part if self._on_curl(req) else self._stream_part
+        try:
+            size, cksum = await download(blob, functools.partial(read, req, events), events,
+                                         req.blob.conns, req.more_conns, self.policy)
+        finally:
+            blob.close()
+        return Fetched(unchanged=False, size=size, cksum=cksum, custom=blob.meta.custom(req.link))
+
+    async def _curl_part(self, req: FetchRequest, events: FetchEvents, blob: Blob,
+                         part: Part) -> None:
+        curl = self.sources.curl
+        assert curl is not None
+        if self._part_writers is None:
+            self._part_writers = ThreadPoolExecutor(max_workers=PART_WRITERS,
+                                                    thread_name_prefix="part-writer")
+        writer = _PartWriter(blob, part, self._part_writers)
+        try:
+            await curl.attempt(req, _PartEvents(events), part.pos, if_range(blob.meta),
+                               part=(part.end, writer.write, blob.meta))
+        finally:
+            await writer.close()
+
+    async def _stream_part(self, req: FetchRequest, events: FetchEvents, blob: Blob,
+                           part: Part) -> None:
+        """A part through the source's own reader (cloud stores, throttled http), written at
+        its offset."""
+        watch = Watchdog(self.sources.limits, req.timeout)
+        source = self.sources.for_link(req.link)
+        async with source.open(req.link, start=part.pos, end=part.end,
+                               if_range=if_range(blob.meta), headers=req.headers,
+                               timeout=watch.stall) as obj:
+            if obj.offset != part.pos:
+                raise Changed("a part was answered without its range")
+            if not same_version(blob.meta, obj.meta):
+                raise Changed("another version of the object answered a part")
+            watch.restart(time.monotonic())
+            chunk = req.throttle.chunk_size if req.throttle else CHUNK
+            fd = os.open(req.work, os.O_WRONLY | os.O_CLOEXEC)
+            got = 0
+            try:
+                async for data in obj.chunks(chunk):
+                    view = memoryview(data)[:part.left]
+                    while view:
+                        n = os.pwrite(fd, view, part.pos)
+                        blob.wrote(part, n)
+                        view = view[n:]
+                    got += len(data)
+                    if req.throttle:  # the job's rate, shared by all its transfers and parts
+                        req.throttle.charge(len(data))
+                        waited = time.monotonic()
+                        await req.throttle.wait_ready()
+                        watch.pause(time.monotonic() - waited)
+                    if not part.left:
+                        return
+                    if error := watch.saw(got, time.monotonic()):
+                        raise error
+            finally:
+                os.close(fd)
 
     async def _end_body(self, req: FetchRequest, meta: SourceObject,
                         digest: Digest | None) -> Fetched:
@@ -198,6 +343,83 @@ class Fetcher:
                         watch.pause(time.monotonic() - waited)  # our slowness, not the source's
             finally:
                 await writer.close()  # also after a failure: what arrived is kept for resume
+
+
+class _PartWriter:
+    """A blob part's body, written at its offsets by the writer thread while the event loop
+    goes on reading every part's socket: a write the kernel holds back (dirty pages over its
+    limit) no longer stops all parts' sockets at once (4 GiB to disk: dips of a second in the
+    whole blob's rate when the loop wrote). One batch in flight at a time, so the part's
+    journal entry, recorded after each batch, counts bytes in order that are all in the file."""
+
+    def __init__(self, blob: Blob, part: Part, pool: ThreadPoolExecutor) -> None:
+        self.blob, self.part, self.pool = blob, part, pool
+        self.loop = asyncio.get_running_loop()
+        self.fd = os.open(blob.work, os.O_WRONLY | os.O_CLOEXEC)
+        self.pos = part.pos                # where the next byte handed over goes
+        self.queue: list[bytes] = []
+        self.queued = 0
+        self.running: Any = None           # the batch being written (a concurrent Future)
+        self.error: BaseException | None = None
+        self.idle = asyncio.Event()
+        self.idle.set()
+        self.closing = False
+
+    def write(self, data: bytes) -> None:
+        """(On the loop, from libcurl's callback.)"""
+        if self.error is not None:
+            raise self.error
+        self.queue.append(data)
+        self.queued += len(data)
+        if self.running is None:
+            self._submit()
+        elif self.queued >= PART_BACKLOG:  # the disk is far behind: wait for it here
+            running = self.running
+            running.result()
+            self._done(running)
+
+    def _submit(self) -> None:
+        batch, self.queue, self.queued = self.queue, [], 0
+        pos, self.pos = self.pos, self.pos + sum(map(len, batch))
+        self.idle.clear()
+        running = self.running = self.pool.submit(self._write, batch, pos)
+        running.add_done_callback(lambda f: self.loop.call_soon_threadsafe(self._done, f))
+
+    def _write(self, batch: list[bytes], pos: int) -> int:
+        total = 0
+        for data in batch:
+            view = memoryview(data)
+            while view:
+                n = os.pwrite(self.fd, view, pos + total)
+                view = view[n:]
+                total += n
+        return total
+
+    def _done(self, running: Any) -> None:
+        if running is not self.running:
+            return  # recorded already (the backlog wait)
+        self.running = None
+        try:
+            self.blob.wrote(self.part, running.result())
+        except Exception as exc:  # noqa: BLE001 - the disk's refusal: the part's error
+            self.error = exc
+            self.queue, self.queued = [], 0
+        if self.queue:
+            self._submit()
+            return
+        self.idle.set()
+        if self.closing:
+            os.close(self.fd)
+
+    async def close(self) -> None:
+        """Wait for the bytes handed over to be written (and recorded), then close."""
+        self.closing = True
+        if self.running is None and not self.queue:
+            os.close(self.fd)
+        else:
+            await asyncio.shield(self.idle.wait())
+        if self.error is not None:
+            raise self.error
 
 
 class TooSlow(SourceError):

@@ -155,6 +155,18 @@ class FairSlots:
                 self._forget(job, host, waiter)
             raise
 
+    def try_acquire(self, job: Hashable, host: str, asked: int = 0) -> Ticket | None:
+        """A slot now, or None: for a blob's extra parts, which never wait (and never take a
+        turn from a transfer that does). `asked`: the connections the blob was given for this
+        host; a host that has shown no overload yet gets that many before its limit has grown
+        to them (the blob's parts are one download a user asked to spread; a host that then
+        shows overload halves its limit, which binds the parts from there on)."""
+        limit = self.host(host)
+        room = limit.has_room() or (limit.probing and limit.in_flight < min(asked, limit.cap))
+        if not self._waiting and self.used < self.total and room:
+            return self._start(job, host, limit)
+        return None
+
     def strained(self, ticket: Ticket) -> None:
         """The transfer holding `ticket` showed that its host is overloaded."""
         ticket.strained = True

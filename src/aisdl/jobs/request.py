@@ -14,6 +14,7 @@ from typing import Any, NoReturn, Protocol
 
 import re2  # type: ignore[import-untyped]
 
+from aisdl.engine.blob import DEFAULT_CONNS, MAX_CONNS
 from aisdl.errors import BadRequest, parse_json
 from aisdl.jobs.template import RangeTemplate
 from aisdl.models import Bucket
@@ -40,7 +41,8 @@ MIN_DOWNLOAD_TIMEOUT = 0.01      # seconds: a shorter limit per file could never
 # another type is refused when it says something (it would be ignored), not when it is empty:
 # AIStore's Go client sends its zero values.
 _BASE_FIELDS = frozenset(("type", "bucket", "description", "timeout", "download_timeout",
-                          "progress_interval", "limits", "headers", "etl_name", "etl_args"))
+                          "progress_interval", "limits", "headers", "etl_name", "etl_args",
+                          "blob-threshold", "blob-num-workers"))
 _KIND_FIELDS = {"single": ("link", "object_name", "from_remote"), "multi": ("objects",),
                 "range": ("template", "subdir"),
                 "backend": ("prefix", "suffix", "synchronize", "latest"),
@@ -82,6 +84,8 @@ class JobSpec:
     connections: int = 0                   # 0 = node default
     bytes_per_hour: int = 0                # 0 = unlimited
     headers: dict[str, list[str]] = field(default_factory=dict)
+    blob_threshold: int = 0                # objects this big come in ranged parts (0: never)
+    blob_conns: int = DEFAULT_CONNS        # connections of one such object at most
     # single
     link: str = ""
     object_name: str = ""
@@ -174,6 +178,7 @@ class JobSpec:
             "synchronize": self.sync, "latest": self.latest,
             "source": self.source.to_json() if self.source else None,
             "hf": self.hf.to_json() if self.hf else None,
+            "blob-threshold": self.blob_threshold, "blob-num-workers": self.blob_conns,
         }
         return json.dumps(body)
 
@@ -192,6 +197,8 @@ class JobSpec:
             source=Bucket(d["source"]["provider"], d["source"]["name"]) if d.get("source")
             else None,
             hf=HfRepo.from_json(d["hf"]) if d.get("hf") else None,
+            blob_threshold=d.get("blob-threshold", 0),
+            blob_conns=d.get("blob-num-workers", DEFAULT_CONNS),
         )
 
 
@@ -335,6 +342,27 @@ def _limits(body: dict[str, Any], max_connections: int) -> dict[str, Any]:
             raise BadRequest(f"'limit.{key}' must be at most {said} (got: {_clip(str(value))})")
         out[key] = value
     out["headers"] = _headers(body)
+    out.update(_blob(body))
+    return out
+
+
+def _blob(body: dict[str, Any]) -> dict[str, int]:
+    """`blob-threshold` (bytes; 0: no blob downloads) and `blob-num-workers` (connections of
+    one blob, AIS's name; 0: the default), as AIS's prefetch message names them."""
+    out = {}
+    for key, most in (("blob-threshold", MAX_BYTES_PER_HOUR), ("blob-num-workers", MAX_CONNS)):
+        value = body.get(key)
+        if value is None:
+            continue
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise BadRequest(f"'{key}' must be an integer (got: {_clip(repr(value))})")
+        if not 0 <= value <= most:
+            raise BadRequest(f"'{key}' must be between 0 and {most} (got: {_clip(str(value))})")
+        out[key.replace("-num-workers", "_conns").replace("-", "_")] = value
+    if out.get("blob_conns") and not out.get("blob_threshold"):
+        raise BadRequest("'blob-num-workers' takes effect only with 'blob-threshold'")
+    if not out.get("blob_conns"):
+        out.pop("blob_conns", None)
     return out
 
 

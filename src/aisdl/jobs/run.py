@@ -119,7 +119,10 @@ class JobRun:
         self._tasks_at = time.monotonic()
         self._save_tasks = False  # the job is ending: save them with the next batch
         procs = 1 if self._throttle else fetcher.parallelism
-        self._lanes = lane_connections(self.workers, min(self.workers, 2 * procs))
+        lanes = min(self.workers, 2 * procs)
+        if spec.blob_threshold:  # fewer, wider lanes: a blob's parts use its lane's connections
+            lanes = max(1, min(lanes, self.workers // spec.blob_conns))
+        self._lanes = lane_connections(self.workers, lanes)
         self._sizer = ChunkSizer(self._lanes[0], len(self._lanes))
         bucket = spec.bucket
         self._write_through = source_link(bucket, "") if bucket.is_remote and \
@@ -308,10 +311,13 @@ class JobRun:
         spec = self.spec
         budget = self.fetcher.budget
         while (items := await queue.get()) is not None:
-            held = await budget.take(self.id, min(conns, len(items)))
+            # (a blob's parts may use the lane's connections that its items leave free)
+            want = conns if spec.blob_threshold else min(conns, len(items))
+            held = await budget.take(self.id, want)
             chunk = Chunk(self.id, next(self._chunk_ids), spec.bucket.provider, spec.bucket.name,
                           items, held, self._headers, spec.timeout, self._write_through,
-                          download_timeout=spec.download_timeout)
+                          download_timeout=spec.download_timeout,
+                          blob_threshold=spec.blob_threshold, blob_conns=spec.blob_conns)
             watch = Watch(chunk)
             watch.discard = self.aborted
             self.watches.add(watch)

@@ -287,6 +287,7 @@ class CloudRead:
     not_modified: bool
     link: str
     _result: Any = None
+    ranges: bool = True  # every provider serves byte ranges
 
     async def chunks(self, size: int) -> AsyncIterator[bytes]:
         assert self._result is not None
@@ -334,14 +335,18 @@ class CloudSource:
     async def open(self, link: str, *, start: int = 0, if_range: str | None = None,
                    stored: SourceObject | None = None,
                    headers: dict[str, list[str]] | None = None,
-                   timeout: float | None = None) -> AsyncIterator[CloudRead]:
+                   timeout: float | None = None,
+                   end: int | None = None) -> AsyncIterator[CloudRead]:
         """GET `link`: from `start` when `if_range` (the ETag we resume against) still
         matches, else from 0; `not_modified` when `stored` still describes the object.
-        `headers` are for http(s) sources only: the cloud APIs sign their own requests."""
+        With `end`, bytes [start, end) only (a part of a blob). `headers` are for http(s)
+        sources only: the cloud APIs sign their own requests."""
         provider, bucket, key = parse_link(link)
         store = await self._store(provider, bucket, timeout)
         options: dict[str, Any] = {}
-        if start and if_range:
+        if end is not None:
+            options = {"range": (start, end), **(_if_range(if_range) if if_range else {})}
+        elif start and if_range:
             options = {"range": {"offset": start}, **_if_range(if_range)}
         elif stored is not None and stored.etag:
             options["if_none_match"] = f'"{stored.etag}"'

@@ -36,6 +36,13 @@ class HttpRead:
     _resp: aiohttp.ClientResponse | None
     _stall: float | None = None
 
+    @property
+    def ranges(self) -> bool:
+        """Whether the source serves byte ranges of this object (a 206, or says it does)."""
+        resp = self._resp
+        return resp is not None and (resp.status == 206 or resp.headers.get(
+            "Accept-Ranges", "").strip().lower() == "bytes")
+
     async def chunks(self, size: int) -> AsyncIterator[bytes]:
         """The body as it arrives. `size` caps a chunk only when it is small (throttling):
         otherwise whatever the socket delivered is handed on without joining or splitting."""
@@ -86,10 +93,12 @@ def validators(status: int, h: Headers) -> SourceObject:
 
 
 def request_headers(headers: dict[str, list[str]], start: int, if_range: str | None,
-                    stored: SourceObject | None) -> list[tuple[str, str]]:
-    """The job's headers, plus a resume (`Range` + `If-Range`) or a conditional GET against
-    the copy we store (one list for aiohttp and libcurl). A header that could end its line
-    early (CR, LF, NUL) or is no header name at all is refused, never sent."""
+                    stored: SourceObject | None,
+                    end: int | None = None) -> list[tuple[str, str]]:
+    """The job's headers, plus a resume (`Range` + `If-Range`), a part of a blob (bytes
+    [start, end), `If-Range`), or a conditional GET against the copy we store (one list for
+    aiohttp and libcurl). A header that could end its line early (CR, LF, NUL) or is no header
+    name at all is refused, never sent."""
     for name, values in headers.items():
         if not _TOKEN.fullmatch(name):
             raise SourceError(f"invalid header name {name!r}: not sent", transient=False)
@@ -97,7 +106,11 @@ def request_headers(headers: dict[str, list[str]], start: int, if_range: str | N
             raise SourceError(f"header {name!r} has a line break or NUL in its value: not sent",
                               transient=False)
     req = [(k, v) for k, vs in headers.items() for v in vs]
-    if start and if_range:
+    if end is not None:
+        req.append(("Range", f"bytes={start}-{end - 1}"))
+        if if_range:
+            req.append(("If-Range", if_range))
+    elif start and if_range:
         req += [("Range", f"bytes={start}-"), ("If-Range", if_range)]
     elif conditional(start, stored):
         assert stored is not None
@@ -224,11 +237,13 @@ class HttpSource:
     @contextlib.asynccontextmanager
     async def open(self, link: str, *, start: int = 0, if_range: str | None = None,
                    stored: SourceObject | None = None, headers: dict[str, list[str]] | None = None,
-                   timeout: float | None = None) -> AsyncIterator[HttpRead]:
-        """GET `link`; `timeout`: how long the source may send nothing (connecting, before its
-        answer, within the body). The wait for one of our own pooled connections is not the
-        source's silence: it is bounded by the transfers ahead of it."""
-        req = request_headers(headers or {}, start, if_range, stored)
+                   timeout: float | None = None,
+                   end: int | None = None) -> AsyncIterator[HttpRead]:
+        """GET `link` (bytes [start, end) when `end` is given); `timeout`: how long the source
+        may send nothing (connecting, before its answer, within the body). The wait for one of
+        our own pooled connections is not the source's silence: it is bounded by the transfers
+        ahead of it."""
+        req = request_headers(headers or {}, start, if_range, stored, end)
         t = aiohttp.ClientTimeout(total=None, sock_connect=timeout, sock_read=timeout)
         resp = await self._follow(link, req, t, timeout)
         try:
