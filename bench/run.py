@@ -494,7 +494,9 @@ def candidates(w: Workload) -> dict[str, list[Candidate]]:
     """Flag sets tried in the calibration; the fastest of each tool is used in the timed runs."""
     if w.key == "a":
         return {
-            "aisdl": [Candidate("aisdl", "defaults (--max-conns 64)", {})],
+            "aisdl": [Candidate("aisdl", "defaults (--max-conns 64)", {}),
+                      Candidate("aisdl", "--blob-threshold 256MiB --blob-conns 4",
+                                {"blob": "256MiB", "blob_conns": 4})],
             "wget2": [Candidate("wget2", "--max-threads=4", {"n": 4}),
                       Candidate("wget2", "--max-threads=16 --chunk-size=64M",
                                 {"n": 16, "chunk": "64M"})],
@@ -683,6 +685,9 @@ class Bench:
                     f"ais://{BUCKET}/"]
             if "conns" in cand.params:
                 argv += ["--conns", str(cand.params["conns"])]
+            if "blob" in cand.params:  # as rclone's default: 4 streams per file over 256 MiB
+                argv += ["--blob-threshold", cand.params["blob"],
+                         "--blob-conns", str(cand.params["blob_conns"])]
             os.sync()
             node.clear_hwm()
             cpu0, srv0, busy0 = node.cpu(), self.nginx.cpu(), machine_busy()
