@@ -133,8 +133,11 @@ def test_ctrl_c_while_watching_leaves_the_job_running_and_says_so(origin, ais, h
     if not how.startswith("start"):
         job = ais("start", "download", url, "ais://b/slow").stdout.split()[0]
     args = [a.format(url=url, job=job) for a in WATCHERS[how]]
+    # As a terminal's Ctrl-C finds it: a suite started in the background of a shell without
+    # job control has SIGINT ignored, and a child inherits that
     proc = subprocess.Popen([sys.executable, "-m", "aisdl", *args], env=ais.env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         if how.startswith("start"):
             job = proc.stdout.readline().strip()  # the id comes first, then the watching
