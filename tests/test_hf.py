@@ -223,17 +223,37 @@ def test_one_file_of_a_dataset_at_a_tag(hub: FakeHub, hf_ais: Ais, hf_node: Node
         "sq/train/0.parquet": hub.content("org/data", "train/0.parquet", "dataset")}
 
 
-def test_bytes_that_do_not_match_the_sha256_are_not_stored(hub: FakeHub, hf_node: Node) -> None:
-    hub.add_repo("org/corrupt", {"w.bin": Virtual(100_000, "c"), "ok.txt": b"ok"},
-                 lfs={"w.bin"})
-    hub.corrupt.add(hub.blob_of("org/corrupt", "w.bin"))
+# Blob downloads fetch a big file in ranged parts: its sha256 is checked all the same
+BLOB = {"blob-threshold": 16 << 10, "blob-num-workers": 4}
+
+
+@pytest.mark.parametrize("blob", [False, True], ids=["stream", "blob"])
+def test_bytes_that_do_not_match_the_sha256_are_not_stored(hub: FakeHub, hf_node: Node,
+                                                           blob: bool) -> None:
+    repo, bck = f"org/corrupt-{blob}", f"hfc-{int(blob)}"
+    hub.add_repo(repo, {"w.bin": Virtual(100_000, "c"), "ok.txt": b"ok"}, lfs={"w.bin"})
+    hub.corrupt.add(hub.blob_of(repo, "w.bin"))
     client = hf_node.client()
-    job = client.start_download({"type": "hf", "bucket": {"name": "hfc", "provider": "ais"},
-                                 "hf_model": "org/corrupt"})
+    job = client.start_download({"type": "hf", "bucket": {"name": bck, "provider": "ais"},
+                                 "hf_model": repo, **(BLOB if blob else {})})
     st = wait_job(hf_node, job)
     assert (st["finished_cnt"], st["error_cnt"]) == (1, 1), st
     assert "SHA-256" in st["download_errors"][0]["error"]
-    assert set(_objects(client, Bucket("ais", "hfc"))) == {"ok.txt"}
+    assert set(_objects(client, Bucket("ais", bck))) == {"ok.txt"}
+
+
+def test_a_blob_rerun_skips_what_the_listing_proves_unchanged(hub: FakeHub, hf_node: Node) -> None:
+    hub.add_repo("org/big", {"w.bin": Virtual(300_000, "b"), "a.txt": b"a"}, lfs={"w.bin"})
+    client = hf_node.client()
+    body = {"type": "hf", "bucket": {"name": "hfb", "provider": "ais"}, "hf_model": "org/big",
+            **BLOB}
+    st = wait_job(hf_node, client.start_download(body))
+    assert (st["finished_cnt"], st["skipped_cnt"], st["error_cnt"]) == (2, 0, 0), st
+    assert _objects(client, Bucket("ais", "hfb"))["w.bin"] == hub.content("org/big", "w.bin")
+    hub.clear_log()
+    st = wait_job(hf_node, client.start_download(body))
+    assert (st["finished_cnt"], st["skipped_cnt"], st["error_cnt"]) == (2, 2, 0), st
+    assert not [r for r in hub.requests() if r.method == "GET" and r.site == "store"]
 
 
 # -- pure decisions --------------------------------------------------------------------------

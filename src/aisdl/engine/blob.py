@@ -245,17 +245,18 @@ MoreConnections = Callable[[], Callable[[bool], None] | None]
 
 
 async def download(blob: Blob, read_part: ReadPart, events: BlobEvents, conns: int,
-                   more: MoreConnections | None, policy: RetryPolicy) -> tuple[int, str]:
+                   more: MoreConnections | None, policy: RetryPolicy,
+                   sha256: bool = False) -> tuple[int, str, str | None]:
     """Fetch the blob's missing parts on the caller's connection plus up to `conns - 1` more
-    (taken from `more` while parts wait), verify it, and return its size and xxhash. Its
-    journal is removed once the object is whole; on failure it stays (the caller discards the
-    blob when the failure is final)."""
+    (taken from `more` while parts wait), verify it, and return its size, xxhash and (when
+    asked: a listing promised it) SHA-256. Its journal is removed once the object is whole; on
+    failure it stays (the caller discards the blob when the failure is final)."""
     pending = deque(p for p in blob.parts if p.left)
     log.info("blob %s: %d bytes, %d of its %d parts to fetch over up to %d connections",
              blob.work, blob.size, len(pending), len(blob.parts), conns)
     blob.events = events
     events.started(blob.done, blob.size)
-    hasher = asyncio.create_task(_hash(blob))
+    hasher = asyncio.create_task(_hash(blob, sha256))
     try:
         async with asyncio.TaskGroup() as tg:
             workers = [0]
@@ -274,7 +275,7 @@ async def download(blob: Blob, read_part: ReadPart, events: BlobEvents, conns: i
             grow()
             tg.create_task(_worker(blob, pending, read_part, events, policy, grow, None,
                                    workers))
-        size, cksum = await hasher
+        size, cksum, sha = await hasher
     except BaseExceptionGroup as group:
         hasher.cancel()
         raise _first(group) from None
@@ -285,7 +286,7 @@ async def download(blob: Blob, read_part: ReadPart, events: BlobEvents, conns: i
         blob.close()
     with contextlib.suppress(FileNotFoundError):
         os.unlink(journal_path(blob.work))
-    return size, cksum
+    return size, cksum, sha
 
 
 def _first(group: BaseExceptionGroup[BaseException]) -> BaseException:
@@ -347,11 +348,12 @@ async def _part(blob: Blob, part: Part, read_part: ReadPart, events: BlobEvents,
             events.started(blob.done, blob.size)
 
 
-async def _hash(blob: Blob) -> tuple[int, str]:
+async def _hash(blob: Blob, sha256: bool) -> tuple[int, str, str | None]:
     """Read back and hash the object behind the parts as its finished prefix grows (so the
     check costs little time after the last part), then verify it."""
     xx = xxhash.xxh64()
     md5 = hashlib.md5() if blob.meta.md5 else None
+    sha = hashlib.sha256() if sha256 else None
     loop = asyncio.get_running_loop()
     fd = os.open(blob.work, os.O_RDONLY | os.O_CLOEXEC)
 
@@ -364,6 +366,8 @@ async def _hash(blob: Blob) -> tuple[int, str]:
             xx.update(window)
             if md5 is not None:
                 md5.update(window)
+            if sha is not None:
+                sha.update(window)
         return n
 
     try:
@@ -384,7 +388,7 @@ async def _hash(blob: Blob) -> tuple[int, str]:
         os.close(fd)
     if md5 is not None and md5.hexdigest() != blob.meta.md5:
         raise Changed("MD5 of the downloaded bytes does not match the source's")
-    return blob.size, xx.hexdigest()
+    return blob.size, xx.hexdigest(), sha.hexdigest() if sha is not None else None
 
 
 def same_version(blob: SourceObject, answer: SourceObject) -> bool:

@@ -246,12 +246,18 @@ class Fetcher:
         """The object's parts over this connection and those `req.more_conns` spares."""
         assert req.blob is not None
         read = self._curl_part if self._on_curl(req) else self._stream_part
+        expect = req.expect
         try:
-            size, cksum = await download(blob, functools.partial(read, req, events), events,
-                                         req.blob.conns, req.more_conns, self.policy)
+            size, cksum, sha256 = await download(
+                blob, functools.partial(read, req, events), events, req.blob.conns,
+                req.more_conns, self.policy, sha256=bool(expect is not None and expect.sha256))
         finally:
             blob.close()
-        return Fetched(unchanged=False, size=size, cksum=cksum, custom=blob.meta.custom(req.link))
+        custom = blob.meta.custom(req.link)
+        if expect is not None:  # what a pinned listing promised, as a stream is checked
+            _check_expected(req.work, blob.meta, expect, size, sha256)
+            custom.update(expect.custom(req.link))
+        return Fetched(unchanged=False, size=size, cksum=cksum, custom=custom)
 
     async def _curl_part(self, req: FetchRequest, events: FetchEvents, blob: Blob,
                          part: Part) -> None:
