@@ -401,8 +401,8 @@ class ChunkRunner:
                     and item.listed.version and known.version != item.listed.version:
                 known = None  # a new version: fetched whole (its ETag may still match ours)
             work = self._work(chunk, item)
-            # A pinned listing said it changed: no conditional GET against our copy
             host = host_of(item.link)
+            # (a pinned listing said it changed: no conditional GET against our copy)
             req = FetchRequest(link=item.link, work=work,
                                stored=None if item.expect else known, headers=chunk.headers,
                                timeout=chunk.timeout, throttle=throttle, expect=item.expect,
@@ -445,7 +445,6 @@ class ChunkRunner:
                 discard(work)
         row.placed = False
         return row
-
 
     def _more_conns(self, watch: Watch, host: str) -> Callable[[bool], None] | None:
         """One more connection for a blob's part: one the chunk holds and no lane uses, and a

@@ -253,11 +253,9 @@ class Fetcher:
                 req.more_conns, self.policy, sha256=bool(expect is not None and expect.sha256))
         finally:
             blob.close()
-        custom = blob.meta.custom(req.link)
         if expect is not None:  # what a pinned listing promised, as a stream is checked
             _check_expected(req.work, blob.meta, expect, size, sha256)
-            custom.update(expect.custom(req.link))
-        return Fetched(unchanged=False, size=size, cksum=cksum, custom=custom)
+        return Fetched(unchanged=False, size=size, cksum=cksum, custom=_custom(req, blob.meta))
 
     async def _curl_part(self, req: FetchRequest, events: FetchEvents, blob: Blob,
                          part: Part) -> None:
@@ -319,10 +317,7 @@ class Fetcher:
             size, cksum = digest.check(req.work)
         if req.sidecar:
             _remove(_sidecar(req.work))
-        custom = meta.custom(req.link)
-        if req.expect is not None:
-            custom.update(req.expect.custom(req.link))
-        return Fetched(unchanged=False, size=size, cksum=cksum, custom=custom)
+        return Fetched(unchanged=False, size=size, cksum=cksum, custom=_custom(req, meta))
 
     async def _stream(self, req: FetchRequest, obj: Any, events: TaskEvents,
                       digest: Digest | None, watch: Watchdog) -> None:
@@ -475,6 +470,15 @@ def _bytes(n: int) -> str:
         if n >= size:
             return f"{n // size}{unit}" if n % size == 0 else f"{n / size:.2f}{unit}"
     return f"{n}B"
+
+
+def _custom(req: FetchRequest, meta: SourceObject) -> dict[str, str]:
+    """The object's custom metadata: the source's validators, and what a pinned listing said
+    the bytes are (checked by then), so a re-run can skip it."""
+    custom = meta.custom(req.link)
+    if req.expect is not None:
+        custom.update(req.expect.custom(req.link))
+    return custom
 
 
 def download_timed_out(limit: float) -> SourceError:

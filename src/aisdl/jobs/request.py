@@ -147,7 +147,7 @@ class JobSpec:
 
     def _plain_names(self) -> RangeTemplate | None:
         """The template of the object names, when every name is plain (letters, digits and
-        `._~-/`) and valid by construction: the links' last element, ranges and all, under the
+        `._-/`) and valid by construction: the links' last element, ranges and all, under the
         subdir. Then no name needs normalizing. None when the names need `range_name`."""
         template = self.template
         tmpl = RangeTemplate(template)
@@ -350,7 +350,8 @@ def _blob(body: dict[str, Any]) -> dict[str, int]:
     """`blob-threshold` (bytes; 0: no blob downloads) and `blob-num-workers` (connections of
     one blob, AIS's name; 0: the default), as AIS's prefetch message names them."""
     out = {}
-    for key, most in (("blob-threshold", MAX_BYTES_PER_HOUR), ("blob-num-workers", MAX_CONNS)):
+    for key, name, most in (("blob-threshold", "blob_threshold", MAX_BYTES_PER_HOUR),
+                            ("blob-num-workers", "blob_conns", MAX_CONNS)):
         value = body.get(key)
         if value is None:
             continue
@@ -358,7 +359,7 @@ def _blob(body: dict[str, Any]) -> dict[str, int]:
             raise BadRequest(f"'{key}' must be an integer (got: {_clip(repr(value))})")
         if not 0 <= value <= most:
             raise BadRequest(f"'{key}' must be between 0 and {most} (got: {_clip(str(value))})")
-        out[key.replace("-num-workers", "_conns").replace("-", "_")] = value
+        out[name] = value
     if out.get("blob_conns") and not out.get("blob_threshold"):
         raise BadRequest("'blob-num-workers' takes effect only with 'blob-threshold'")
     if not out.get("blob_conns"):

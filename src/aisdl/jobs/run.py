@@ -267,17 +267,9 @@ class JobRun:
             return
         stored = await self.store.lookup_many(self.spec.bucket,
                                               [e[1] for e in batch if not e[3]])
-        if not stored:  # the usual first download: nothing to look up per item
-            await queue.put([ChunkItem(i, name, link, None, listed, error, expect)
-                             for i, name, link, error, listed, expect in batch])
-            return
-        items = []
-        for i, name, link, error, listed, expect in batch:
-            have = stored.get(name)
-            items.append(ChunkItem(i, name, link,
-                                   have.custom if have is not None and have.custom else None,
-                                   listed, error, expect))
-        await queue.put(items)
+        customs = {name: a.custom for name, a in stored.items() if a.custom}
+        await queue.put([ChunkItem(i, name, link, customs.get(name), listed, error, expect)
+                         for i, name, link, error, listed, expect in batch])
 
     async def _evict(self, item: Item) -> Row:
         row = Row(item.index, item.name, time.time_ns())

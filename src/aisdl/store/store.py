@@ -421,8 +421,7 @@ class Store:
         mountpaths, where the disk cannot see it) is removed from the disk again."""
         props = self.require_bucket(bck)
         if len(self.mountpaths) == 1:  # its disk refused every clash at the rename
-            versioned = props.get("versioning", {}).get("enabled", True)
-            conn.executemany(_UPSERT_VERSIONED if versioned else _UPSERT_UNVERSIONED, [
+            conn.executemany(_UPSERT_VERSIONED if _versioned(props) else _UPSERT_UNVERSIONED, [
                 (bck.provider, bck.name, name, size, cksum, atime_ns, custom)
                 for name, size, cksum, custom, atime_ns in objects])
             return {}
@@ -818,9 +817,13 @@ _UPSERT_VERSIONED = _upsert_sql(
 _UPSERT_UNVERSIONED = _upsert_sql("''", "''")
 
 
+def _versioned(props: Props) -> bool:
+    return bool(props.get("versioning", {}).get("enabled", True))
+
+
 def _next_version(previous: str | None, props: Props) -> str:
     """`1` for a new object, previous + 1 on overwrite; empty when versioning is off."""
-    if not props.get("versioning", {}).get("enabled", True):
+    if not _versioned(props):
         return ""
     if previous is None or not previous.isdigit():
         return "1"
