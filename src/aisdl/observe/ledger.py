@@ -40,9 +40,10 @@ _CLASSES = tuple((name, re.compile(pattern, re.IGNORECASE)) for name, pattern in
     ("not_found", r"does not exist"),
     ("blocked", r"^dload: "),
     ("too_large", r"larger than the node's limit"),
-    ("verify", r"the source announced|MD5 of the downloaded|checksum"),
-    ("network", r"timed out|cannot connect|connection lost|cannot resolve|TLS certificate"
-                r"|slower than|too many redirects|request failed|different range"
+    ("verify", r"the source announced|of the downloaded bytes|checksum|the listing says"
+               r"|is not the listing's|the source changed during"),
+    ("network", r"timed out|download timeout|cannot connect|connection lost|cannot resolve"
+                r"|TLS certificate|slower than|too many redirects|request failed|different range"
                 r"|no valid HTTP status"),
     ("name", r"invalid object name|invalid link|invalid cloud link"),
     ("storage", r"cannot write the object|cannot store|cannot record|no room|disk"),
