@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import statistics
 import sys
 import tempfile
@@ -63,7 +64,10 @@ def main() -> int:
     try:
         for i in range(args.runs):
             for procs in (int(p) for p in args.procs.split(",")):
-                r = one_run(nginx, root / f"run{i}-{procs}", args.files, procs)
+                try:
+                    r = one_run(nginx, root / f"run{i}-{procs}", args.files, procs)
+                finally:  # in RAM: a run's objects would shrink the page cache of what follows
+                    shutil.rmtree(root / f"run{i}-{procs}", ignore_errors=True)
                 runs.append(r)
                 print(f"procs={procs} {r['files_per_s']:8.0f} files/s  node "
                       f"{r['node_us_per_file']:5.1f} µs/file  workers "
@@ -71,6 +75,7 @@ def main() -> int:
                       flush=True)
     finally:
         nginx.stop()
+        shutil.rmtree(root, ignore_errors=True)
     for procs in sorted({int(r["procs"]) for r in runs}):
         mine = [r for r in runs if r["procs"] == procs]
         print(f"median procs={procs}: " + ", ".join(

@@ -3,6 +3,7 @@ what fits is kept, and the node keeps serving."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -102,5 +103,33 @@ def test_no_room_for_a_directory_at_commit_fails_only_those_files(origin, tmp_pa
         on_disk = sorted(str(p.relative_to(few_inodes / "ais" / "b"))
                          for p in (few_inodes / "ais" / "b").rglob("f"))
         assert on_disk == listed  # no file the catalog does not know of
+    finally:
+        node.stop()
+
+
+@pytest.fixture
+def disk_8m(tmp_path: Path):  # noqa: ANN201
+    with small_tmpfs(tmp_path / "8m", "size=8m") as mnt:
+        yield mnt
+
+
+@pytest.mark.parametrize("limits", [{}, {"bytes_per_hour": 10**12}], ids=["libcurl", "aiohttp"])
+def test_a_body_larger_than_the_free_space_fails_as_it_starts(origin, tmp_path, disk_8m, limits):
+    """A large body reserves its blocks as its writing starts: a 64 MiB file for an 8 MiB
+    disk, trickling at 1 MB/s, fails within its first second, not after the 8 s it would take to
+    fill the disk, and leaves nothing behind."""
+    origin.add_virtual("/huge", 64 << 20, seed=4)
+    origin.fault("/huge", "slow", rate=1_000_000)
+    node = node_on(disk_8m, tmp_path)
+    try:
+        c = node.client()
+        started = time.monotonic()
+        job = c.start_download({"type": "single", "bucket": {"name": "b"}, "limits": limits,
+                                "link": origin.url_for("/huge"), "object_name": "huge"})
+        st = wait_job(c, job, timeout=30)
+        assert time.monotonic() - started < 5
+        assert (st["finished_cnt"], st["error_cnt"]) == (0, 1)
+        assert "No space left on device" in st["download_errors"][0]["error"]
+        assert [p for p in disk_8m.rglob("*") if p.is_file()] == []
     finally:
         node.stop()

@@ -42,6 +42,7 @@ from aisdl.engine.fetch import (
     unchanged,
 )
 from aisdl.engine.hostlimit import slow_connect
+from aisdl.engine.prealloc import preallocate
 from aisdl.errors import SourceError
 from aisdl.sources.base import SourceObject
 from aisdl.sources.http import MAX_REDIRECTS, judge, request_headers, stalled
@@ -386,6 +387,8 @@ class CurlEngine:
         else:
             fd = os.open(req.work, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
         t.fd, t.meta = fd, meta
+        if meta.size is not None:
+            preallocate(fd, t.offset, meta.size - t.offset)
         return True
 
     def _begin_part(self, t: _Transfer, status: int, headers: CIMultiDict[str]) -> bool:

@@ -32,6 +32,7 @@ from aisdl.engine.blob import (
 )
 from aisdl.engine.hostlimit import overloaded
 from aisdl.engine.limits import TokenBucket
+from aisdl.engine.prealloc import preallocate
 from aisdl.engine.retry import backoff_delay, retry_cause, should_retry
 from aisdl.errors import SourceError
 from aisdl.sources.base import SourceObject
@@ -327,6 +328,8 @@ class Fetcher:
             if obj.offset:
                 f.seek(obj.offset)
                 f.truncate()
+            if obj.meta.size is not None:
+                preallocate(f.fileno(), obj.offset, obj.meta.size - obj.offset)
             writer = _BatchWriter(f, digest, self._writers)
             try:
                 async for data in obj.chunks(chunk):
