@@ -29,6 +29,22 @@ def test_chunks_double_per_round_of_lanes() -> None:
     assert [sizer.next() for _ in range(9)] == [1] + [16] * 4 + [32] * 4
 
 
+@pytest.mark.parametrize(("left", "lanes", "expected"), [
+    (4, 4, [1, 1, 1, 1]),                      # 4 big files: one per lane, so per process
+    (8, 4, [1, 2, 2, 1, 1, 1]),                # a lane's share of what is left
+    (40, 4, [1, 10, 8, 6, 4, 3, 2, 2, 1, 1, 1, 1]),
+    (5000, 4, [1, 16, 16, 16, 16, 32]),        # big jobs: as before
+    (-1, 4, [1, 16, 16, 16, 16, 32]),          # unknown size (a listing): as before
+])
+def test_a_job_of_known_size_is_spread_over_every_lane(left: int, lanes: int,
+                                                      expected: list[int]) -> None:
+    sizer = ChunkSizer(conns=16, lanes=lanes, left=left)
+    sizes = [sizer.next() for _ in range(len(expected))]
+    assert sizes == expected
+    if left >= 0 and left < 100:
+        assert sum(sizes) == left  # (handed out in full, nothing asked twice)
+
+
 @pytest.mark.parametrize(("size", "conns", "expected"), [
     (64 << 10, 16, MAX_CHUNK),         # small files: the cap
     (1 << 20, 16, 64),                 # 64 MiB worth

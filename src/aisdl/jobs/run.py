@@ -61,11 +61,15 @@ class ChunkSizer:
     """How many items the next chunk gets: one for the very first (so the first object is in
     place at once), then the transfers a lane runs at once (every connection busy from the
     start), doubling per round of lanes up to MAX_CHUNK; for big files about CHUNK_BYTES worth,
-    but never fewer than the transfers a chunk runs at once."""
+    but never fewer than the transfers a chunk runs at once. Where the job's size is known
+    (`left`: items still to do), never more than a lane's share of what is left: a small job
+    spreads over every lane, hence every fetch process (4 files of 512 MiB had gone 1 + 3 to two
+    processes, one core doing three), and a job's tail is not one process's big chunk."""
 
-    def __init__(self, conns: int, lanes: int = 1) -> None:
+    def __init__(self, conns: int, lanes: int = 1, left: int = -1) -> None:
         self.conns, self.lanes = max(1, conns), max(1, lanes)
         self.chunks, self.files, self.bytes = 0, 0, 0
+        self.left = left  # items not yet handed out; -1: unknown (a listing)
 
     def next(self) -> int:
         rounds = (self.chunks - 1) // self.lanes
@@ -73,6 +77,9 @@ class ChunkSizer:
         self.chunks += 1
         if self.files:
             n = min(n, max(self.conns, CHUNK_BYTES * self.files // max(1, self.bytes)))
+        if self.left >= 0:
+            n = min(n, -(-self.left // self.lanes))
+            self.left = max(0, self.left - n)
         return max(1, n)
 
     def saw(self, size: int) -> None:
@@ -123,7 +130,9 @@ class JobRun:
         if spec.blob_threshold:  # fewer, wider lanes: a blob's parts use its lane's connections
             lanes = max(1, min(lanes, self.workers // spec.blob_conns))
         self._lanes = lane_connections(self.workers, lanes)
-        self._sizer = ChunkSizer(self._lanes[0], len(self._lanes))
+        left = self.total - counters.finished - counters.errors - counters.skipped
+        self._sizer = ChunkSizer(self._lanes[0], len(self._lanes),
+                                 left if self.total >= 0 else -1)
         bucket = spec.bucket
         self._write_through = source_link(bucket, "") if bucket.is_remote and \
             spec.source != bucket else ""
