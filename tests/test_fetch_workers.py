@@ -216,3 +216,24 @@ def test_max_conns_bounds_every_job_of_the_node_together(tmp_path):
         server.shutdown()
         server.server_close()
     assert _Counting.peak == 3
+
+
+def test_a_file_whose_source_never_answers_shows_in_flight(node2, origin):
+    """A chunk of one file whose source accepts and never answers: the file shows among the
+    job's current tasks (it used to be reported only with some other file's progress)."""
+    origin.add("/silent", payload("s", 1000))
+    origin.fault("/silent", "hang", seconds=30)
+    c = node2.client()
+    job = c.start_download({"type": "single", "bucket": {"name": "b"},
+                            "link": origin.url_for("/silent")})
+    try:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            current = c.download_status(job, only_active=True).get("current_tasks", [])
+            if current:
+                break
+            time.sleep(0.1)
+        assert [t["name"] for t in current] == ["silent"]
+        assert current[0]["downloaded"] == "0"
+    finally:
+        c.abort_download(job)

@@ -364,6 +364,7 @@ class ChunkRunner:
         for item in items:
             flight = InFlight(item.index, item.name, time.time_ns())
             watch.in_flight[item.index] = flight
+            watch.changed = True  # reported even if its source never sends a byte
             try:
                 row = await self._item(watch, item, flight, journal, throttle)
             except asyncio.CancelledError:
