@@ -77,8 +77,8 @@ class _Transfer:
         self.headers, self.watch, self.final = headers, watch, final
         self.probe, self.part = probe, part
         self.handle: _Handle | None = None
-        self.fd: int | None = None
-        self.meta: SourceObject | None = None
+        self.fd: int | None = None                 # the work file (a single stream's)
+        self.meta: SourceObject | None = None      # set once the headers let the body begin
         self.digest: Digest | None = None
         self.offset = 0
         self.outcome: Any = None        # Fetched, Body or an exception, once decided
@@ -142,23 +142,23 @@ class _Sink(io.RawIOBase):
             return n  # decided already: what libcurl still delivers is dropped
         engine = self.handle.engine
         try:
-            if t.fd is None and not engine.begin(t):
+            if t.meta is None and not engine.begin(t):
                 engine.stop_soon(t)  # not inside libcurl's callback: once it returns
                 return n
-            assert t.fd is not None
             limit = engine.limits.max_object_size
             if limit and t.offset + t.written + n > limit:  # an endless body, say
                 t.outcome = too_large(limit)
                 engine.stop_soon(t)
                 return n
-            if t.part is not None and t.offset + t.written + n > t.part[0]:
-                t.outcome = SourceError("the source sent more than a part's range",
-                                        transient=True)
-                engine.stop_soon(t)
-                return n
             if t.part is not None:
+                if t.offset + t.written + n > t.part[0]:
+                    t.outcome = SourceError("the source sent more than a part's range",
+                                            transient=True)
+                    engine.stop_soon(t)
+                    return n
                 t.part[1](bytes(data))  # its writer puts them at the part's next offset
             else:
+                assert t.fd is not None
                 view = data
                 while view:
                     view = view[os.write(t.fd, view):]
@@ -319,7 +319,7 @@ class CurlEngine:
                  message: str) -> Fetched | Body | BlobStart | Exception:
         if code:
             return self._error(t, code, message)
-        if t.fd is None and not self.begin(t):  # an empty body: headers decide alone
+        if t.meta is None and not self.begin(t):  # an empty body: headers decide alone
             return t.outcome  # type: ignore[no-any-return]
         assert t.meta is not None
         return Body(t.meta, t.digest)
@@ -407,9 +407,7 @@ class CurlEngine:
         if not same_version(t.part[2], meta):
             t.outcome = Changed("another version of the object answered a part")
             return False
-        fd = os.open(t.req.work, os.O_WRONLY | os.O_CLOEXEC)
-        os.lseek(fd, t.start, os.SEEK_SET)
-        t.fd, t.meta, t.offset = fd, meta, t.start
+        t.meta, t.offset = meta, t.start  # (its bytes go through the part's writer)
         return True
 
     def _tick(self) -> None:
