@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from aisdl.engine.chunks import Journal, Row, journal_file, placed_rows
-from aisdl.jobs.run import CHUNK_BYTES, MAX_CHUNK, ChunkSizer, lane_connections
+from aisdl.jobs.records import Cursor
+from aisdl.jobs.run import CHUNK_BYTES, MAX_CHUNK, ChunkSizer, entries_left, lane_connections
 from aisdl.models import Bucket
 from aisdl.store.layout import Layout
 
@@ -43,6 +44,17 @@ def test_a_job_of_known_size_is_spread_over_every_lane(left: int, lanes: int,
     assert sizes == expected
     if left >= 0 and left < 100:
         assert sum(sizes) == left  # (handed out in full, nothing asked twice)
+
+
+@pytest.mark.parametrize(("total", "low", "above", "expected"), [
+    (1000, 0, set(), 1000),
+    (1000, 600, {610, 620}, 400),   # resumed: read from low on, the done ones above included
+    (1000, 1000, set(), 0),
+    (-1, 50, set(), -1),            # a listing: unknown
+])
+def test_a_resumed_job_sizes_its_chunks_by_the_entries_it_reads(
+        total: int, low: int, above: set[int], expected: int) -> None:
+    assert entries_left(total, Cursor(low, above)) == expected
 
 
 @pytest.mark.parametrize(("size", "conns", "expected"), [

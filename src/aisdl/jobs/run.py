@@ -87,6 +87,13 @@ class ChunkSizer:
         self.bytes += size
 
 
+def entries_left(total: int, cursor: Cursor) -> int:
+    """The entries a job's producer has still to read (-1: unknown). It reads from the cursor's
+    `low` on, done ones above it included; counting outcomes instead (finished already holds
+    the skipped) would come out short, and every chunk after that would hold one item."""
+    return total - cursor.low if total >= 0 else -1
+
+
 def lane_connections(connections: int, lanes: int) -> list[int]:
     """A job's connections split between its lanes (chunks in flight), adding up exactly."""
     return [connections // lanes + (i < connections % lanes) for i in range(lanes)]
@@ -130,9 +137,8 @@ class JobRun:
         if spec.blob_threshold:  # fewer, wider lanes: a blob's parts use its lane's connections
             lanes = max(1, min(lanes, self.workers // spec.blob_conns))
         self._lanes = lane_connections(self.workers, lanes)
-        left = self.total - counters.finished - counters.errors - counters.skipped
         self._sizer = ChunkSizer(self._lanes[0], len(self._lanes),
-                                 left if self.total >= 0 else -1)
+                                 entries_left(self.total, cursor))
         bucket = spec.bucket
         self._write_through = source_link(bucket, "") if bucket.is_remote and \
             spec.source != bucket else ""
