@@ -62,8 +62,9 @@ def make_app(size: int, latency: float) -> web.Application:
     return app
 
 
-async def serve(host: str, port: int, size: int, latency: float) -> None:
-    runner = web.AppRunner(make_app(size, latency), access_log=None)
+async def serve(app: web.Application, host: str, port: int) -> None:
+    """Serve `app`, print `ready` once it accepts connections, stop on SIGTERM or SIGINT."""
+    runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, host, port, backlog=4096)
     await site.start()
@@ -76,6 +77,15 @@ async def serve(host: str, port: int, size: int, latency: float) -> None:
     await runner.cleanup()
 
 
+def run_server(app: web.Application, host: str, port: int) -> None:
+    """`serve` on uvloop where it is installed (a cheaper origin), else asyncio."""
+    run: Any = asyncio.run
+    with contextlib.suppress(ImportError):
+        import uvloop
+        run = uvloop.run
+    run(serve(app, host, port))
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -84,11 +94,7 @@ def main() -> int:
     ap.add_argument("--size", type=int, required=True, help="bytes of every file")
     ap.add_argument("--latency", type=float, default=0.0, help="seconds slept per request")
     args = ap.parse_args()
-    run: Any = asyncio.run
-    with contextlib.suppress(ImportError):
-        import uvloop
-        run = uvloop.run
-    run(serve(args.host, args.port, args.size, args.latency))
+    run_server(make_app(args.size, args.latency), args.host, args.port)
     return 0
 
 

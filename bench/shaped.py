@@ -22,7 +22,6 @@ time over its settings and runs, and the ratio best/that (1.00 = the fastest).
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import datetime as dt
 import json
@@ -46,7 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from run import aisdl_revision, job_id_from, log, run_child, stop_process  # noqa: E402
 from scale import cpu_times, rate_bits, sh, tree_cpu, wait_until  # noqa: E402
-from scale_origin import block, content, make_app  # noqa: E402
+from scale_origin import block, content, make_app, run_server  # noqa: E402
 
 from aisdl.units import parse_duration, parse_size  # noqa: E402
 
@@ -77,24 +76,7 @@ def serve_origin(host: str, port: int, size: int, latency: float, files: int) ->
         return web.Response(body=index, content_type="text/html")
 
     app.router.add_get("/f/", listing)
-
-    async def main() -> None:
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        await web.TCPSite(runner, host, port, backlog=4096).start()
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        print("ready", flush=True)
-        await stop.wait()
-        await runner.cleanup()
-
-    run: Any = asyncio.run
-    with contextlib.suppress(ImportError):
-        import uvloop
-        run = uvloop.run
-    run(main())
+    run_server(app, host, port)
 
 
 def spawn(argv: list[str], log_path: Path, stdout_pipe: bool = False) -> subprocess.Popen[bytes]:
