@@ -36,7 +36,7 @@ import xxhash
 
 from aisdl.config import RetryPolicy
 from aisdl.engine.hostlimit import overloaded
-from aisdl.engine.retry import backoff_delay, retry_cause, should_retry
+from aisdl.engine.retry import backoff_delay, out_of_tries, retry_cause
 from aisdl.errors import SourceError
 from aisdl.sources.base import SourceObject
 
@@ -49,7 +49,6 @@ PART_MAX = 32 << 20    # the largest: parts end in about the order they began, s
 PART_FLOOR = 1 << 20   # a smaller object: one part per connection, at least this big
 PART_ALIGN = 64 << 10
 HASH_STEP = 64 << 20   # bytes hashed at a time (a page-aligned window of the work file)
-ATTEMPTS_CAP = 4       # x the policy's attempts: the most tries of one part, progress or not
 _COUNTER = struct.Struct("<Q")
 
 
@@ -335,8 +334,7 @@ async def _part(blob: Blob, part: Part, read_part: ReadPart, events: BlobEvents,
                 events.strained()
             if part.done > before:
                 failures = 0
-            if attempts >= ATTEMPTS_CAP * policy.attempts or not should_retry(
-                    policy, failures, err):
+            if out_of_tries(policy, attempts, failures, err):
                 raise SourceError(err.message, transient=False) from err  # tried enough
             events.retried(retry_cause(err, got_bytes=part.done > before))
             delay = backoff_delay(policy, failures, err)

@@ -33,7 +33,7 @@ from aisdl.engine.blob import (
 from aisdl.engine.hostlimit import overloaded
 from aisdl.engine.limits import TokenBucket
 from aisdl.engine.prealloc import preallocate
-from aisdl.engine.retry import backoff_delay, retry_cause, should_retry
+from aisdl.engine.retry import backoff_delay, out_of_tries, retry_cause
 from aisdl.errors import SourceError
 from aisdl.sources.base import SourceObject
 from aisdl.sources.http import stalled
@@ -44,7 +44,6 @@ log = logging.getLogger("aisdl.engine")
 CHUNK = 256 * 1024
 WRITE_BATCH = 1 << 20  # bytes handed to a writer thread at once
 SIDECAR_FROM = 4 << 20  # files this big keep their validator on disk for resume after a crash
-ATTEMPTS_CAP = 4  # x the policy's attempts: the most tries of one file, progress or not
 PART_WRITERS = 1      # threads that write blob parts: one (16 writing one file at once
                       # spent 4 s more CPU per 4 GiB on the file's lock); a part has one
                       # batch in flight at most
@@ -180,8 +179,7 @@ class Fetcher:
                     # starts over at byte 0 every time makes none, however many bytes it sends,
                     # nor does a trickle, however far it got.
                     furthest, failures = size, 0
-                if attempts >= ATTEMPTS_CAP * self.policy.attempts or not should_retry(
-                        self.policy, failures, err):
+                if out_of_tries(self.policy, attempts, failures, err):
                     discard(req.work)
                     raise
                 events.retried(retry_cause(err, got_bytes=size > before))

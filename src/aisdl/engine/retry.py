@@ -22,6 +22,16 @@ def should_retry(policy: RetryPolicy, attempt: int, error: SourceError) -> bool:
     return error.transient and attempt + 1 < policy.attempts
 
 
+ATTEMPTS_CAP = 4  # x the policy's attempts: the most tries of one file (or blob part), progress
+                  # or not: a source that sends a few bytes before each reset renews the budget
+
+
+def out_of_tries(policy: RetryPolicy, attempts: int, failures: int, error: SourceError) -> bool:
+    """Whether a failed fetch ends here: `attempts` tries in all, `failures` in the current
+    budget."""
+    return attempts >= ATTEMPTS_CAP * policy.attempts or not should_retry(policy, failures, error)
+
+
 # Why a fetch was tried again, as the node's metrics count it (`aisdl_retries_total{cause}`).
 RETRY_CAUSES = ("connect", "5xx", "429", "timeout", "stall", "reset", "slow", "other")
 _STATUS = re.compile(r"with (\d{3}) status code")
