@@ -137,8 +137,7 @@ class JobRun:
         if spec.blob_threshold:  # fewer, wider lanes: a blob's parts use its lane's connections
             lanes = max(1, min(lanes, self.workers // spec.blob_conns))
         self._lanes = lane_connections(self.workers, lanes)
-        self._sizer = ChunkSizer(self._lanes[0], len(self._lanes),
-                                 entries_left(self.total, cursor))
+        self._sizer = ChunkSizer(self._lanes[0], len(self._lanes))
         bucket = spec.bucket
         self._write_through = source_link(bucket, "") if bucket.is_remote and \
             spec.source != bucket else ""
@@ -244,6 +243,7 @@ class JobRun:
         await self._patiently(self._flush)
 
     async def _produce(self, queue: ChunkQueue) -> None:
+        self._sizer.left = entries_left(self.total, self.cursor)  # (after the reconciliation)
         if self.spec.kind in ("backend", "hf"):
             await self._produce_listed(queue)
             return
