@@ -8,7 +8,10 @@ Every refusal is checked to leave the source, the destination and the catalog as
 from __future__ import annotations
 
 import asyncio
+import io
 import socket
+import struct
+import tarfile
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -344,16 +347,40 @@ def test_ais_object_cp(ais: Ais, tmp_path: Path) -> None:
 
 
 # -- a client that leaves a GET early ------------------------------------------------------------
-def test_client_closing_a_get_early_is_one_info_line(node: Node) -> None:
+_BIG = 32 << 20
+
+
+def _shard_of_one(member: str, data: bytes) -> bytes:
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w") as tar:
+        info = tarfile.TarInfo(member)
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+    return out.getvalue()
+
+
+@pytest.mark.parametrize("path", [
+    "/v1/objects/early/big",
+    "/v1/objects/early/big.tar?archpath=m.bin",
+    "/v1/objects/early/big.tar?archregx=m&archmode=prefix",
+], ids=["object", "archived-file", "archived-matches"])
+@pytest.mark.parametrize("pause", [0.0, 0.5], ids=["at-once", "after-the-writes-wait"])
+def test_client_closing_a_get_early_is_one_info_line(node: Node, path: str, pause: float) -> None:
+    """A client that stops reading and resets the connection leaves one INFO line, whether the
+    node was between writes or waiting for the client to read (its writes paused)."""
     sdk = Client(node.endpoint)
-    sdk.bucket("early").create().object("big").get_writer().put_content(b"\x07" * (32 << 20))
+    bucket = sdk.bucket("early").create()
+    bucket.object("big").get_writer().put_content(b"\x07" * _BIG)
+    bucket.object("big.tar").get_writer().put_content(_shard_of_one("m.bin", b"\x07" * _BIG))
     with socket.create_connection(("127.0.0.1", node.port)) as s:
-        s.sendall(b"GET /v1/objects/early/big HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
-        assert s.recv(65536)
+        s.sendall(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
+        assert s.recv(65536).startswith(b"HTTP/1.1 200")
+        time.sleep(pause)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # a reset
     deadline = time.monotonic() + 10
     while "closed the connection" not in node.log() and time.monotonic() < deadline:
         time.sleep(0.05)
     lines = [ln for ln in node.log().splitlines() if "early/big" in ln]
     assert len(lines) == 1 and " INFO " in lines[0], node.log()
     assert "Traceback" not in node.log() and " ERROR " not in node.log()
-    assert sdk.bucket("early").object("big").get_reader().read_all() == b"\x07" * (32 << 20)
+    assert bucket.object("big").get_reader().read_all() == b"\x07" * _BIG

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from collections.abc import Iterator
+import itertools
 
 from aiohttp import web
 
+from aisdl.api.streaming import send_body
 from aisdl.errors import BadRequest, NotSupported
 from aisdl.models import Bucket
 from aisdl.store import archive
@@ -45,20 +46,19 @@ async def get_from_archive(request: web.Request, store: Store, bck: Bucket,
             resp = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
             resp.content_length = size
             await resp.prepare(request)
-            while data := await loop.run_in_executor(None, f.read, _CHUNK):
-                await resp.write(data)
+            await send_body(request, resp, functools.partial(f.read, _CHUNK), size)
         finally:
             await loop.run_in_executor(None, f.close)
-        await resp.write_eof()
         return resp
     chunks = archive.tar_of_matches(path, kind, archive.matcher(regex, mode), label)
-    first = await loop.run_in_executor(None, _next, chunks)  # a 404 before any byte is sent
-    resp = web.StreamResponse(headers={"Content-Type": "application/x-tar"})
-    await resp.prepare(request)
-    while first is not None:
-        await resp.write(first)
-        first = await loop.run_in_executor(None, _next, chunks)
-    await resp.write_eof()
+    try:
+        first = await loop.run_in_executor(None, next, chunks, b"")  # a 404 before any byte is sent
+        pieces = itertools.chain([first], chunks)
+        resp = web.StreamResponse(headers={"Content-Type": "application/x-tar"})
+        await resp.prepare(request)
+        await send_body(request, resp, lambda: next(pieces, b""))
+    finally:  # its open members, also where the client left early
+        await loop.run_in_executor(None, chunks.close)
     return resp
 
 
@@ -73,7 +73,3 @@ def _kind(path: str, name: str, mime: str, label: str) -> str:
     if kind is None:
         raise BadRequest(f"{label} is not an archive this node reads (tar, tgz, tar.gz, zip)")
     return kind
-
-
-def _next(chunks: Iterator[bytes]) -> bytes | None:
-    return next(chunks, None)

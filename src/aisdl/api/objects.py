@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
-import logging
 import os
 import re
 from collections.abc import AsyncIterator
@@ -24,12 +23,11 @@ from aisdl.api.archive import get_from_archive
 from aisdl.api.buckets import read_action, request_bucket, unknown_action
 from aisdl.api.keys import CONFIG, NODE_ID, STORE
 from aisdl.api.middleware import error_response
+from aisdl.api.streaming import send_body
 from aisdl.errors import BadRequest, NotSupported
 from aisdl.models import Bucket, ObjectAttrs
 from aisdl.store.paths import check_object_name
 from aisdl.store.store import Store
-
-log = logging.getLogger("aisdl.api")
 
 READ_CHUNK = 1 << 20
 # PUT's query parameters that make it something other than a plain PUT (AIS's names)
@@ -223,20 +221,16 @@ async def _send_file(request: web.Request, f: IO[bytes], size: int,
     resp = web.StreamResponse(status=status, headers=headers)
     resp.content_length = end - start + 1
     await resp.prepare(request)
-    loop = asyncio.get_running_loop()
-    await loop.run_in_executor(None, f.seek, start)
+    await asyncio.get_running_loop().run_in_executor(None, f.seek, start)
     left = end - start + 1
-    try:
-        while left > 0:
-            data = await loop.run_in_executor(None, f.read, min(READ_CHUNK, left))
-            if not data:
-                break  # the file shrank under us: the client sees a short body, not garbage
-            await resp.write(data)
-            left -= len(data)
-        await resp.write_eof()
-    except ConnectionResetError:  # the client's to decide, not an error of ours
-        log.info("GET %s: the client closed the connection after %d of %d bytes",
-                 request.path, end - start + 1 - left, end - start + 1)
+
+    def next_piece() -> bytes:  # b"" at the end, or early where the file shrank under us:
+        nonlocal left           # the client sees a short body, not garbage
+        data = f.read(min(READ_CHUNK, left))
+        left -= len(data)
+        return data
+
+    await send_body(request, resp, next_piece, end - start + 1)
     return resp
 
 

@@ -20,7 +20,7 @@ import tarfile
 import threading
 import time
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from typing import IO, NamedTuple
 
 from aisdl.errors import BadRequest, NotFound, TooLarge
@@ -241,7 +241,7 @@ def matches(m: re.Pattern[str] | tuple[str, str], name: str) -> bool:
 
 
 def tar_of_matches(path: str, kind: str, selected: re.Pattern[str] | tuple[str, str],
-                   label: str) -> Iterator[bytes]:
+                   label: str) -> Generator[bytes, None, None]:
     """A tar stream of the matching members (AIS answers a multi-file GET with one), built as
     it goes: at most one chunk of it is in memory."""
     found = 0
