@@ -219,10 +219,9 @@ async def _send_file(request: web.Request, f: IO[bytes], size: int,
         status, (start, end) = 206, parsed
         headers["Content-Range"] = f"bytes {start}-{end}/{size}"
     resp = web.StreamResponse(status=status, headers=headers)
-    resp.content_length = end - start + 1
+    resp.content_length = left = end - start + 1
     await resp.prepare(request)
     await asyncio.get_running_loop().run_in_executor(None, f.seek, start)
-    left = end - start + 1
 
     def next_piece() -> bytes:  # b"" at the end, or early where the file shrank under us:
         nonlocal left           # the client sees a short body, not garbage
@@ -230,7 +229,7 @@ async def _send_file(request: web.Request, f: IO[bytes], size: int,
         left -= len(data)
         return data
 
-    await send_body(request, resp, next_piece, end - start + 1)
+    await send_body(request, resp, next_piece, resp.content_length)
     return resp
 
 

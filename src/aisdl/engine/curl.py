@@ -387,8 +387,7 @@ class CurlEngine:
         else:
             fd = os.open(req.work, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
         t.fd, t.meta = fd, meta
-        if meta.size is not None:
-            preallocate(fd, t.offset, meta.size - t.offset)
+        preallocate(fd, t.offset, meta.size)
         return True
 
     def _begin_part(self, t: _Transfer, status: int, headers: CIMultiDict[str]) -> bool:

@@ -326,8 +326,7 @@ class Fetcher:
             if obj.offset:
                 f.seek(obj.offset)
                 f.truncate()
-            if obj.meta.size is not None:
-                preallocate(f.fileno(), obj.offset, obj.meta.size - obj.offset)
+            preallocate(f.fileno(), obj.offset, obj.meta.size)
             writer = _BatchWriter(f, digest, self._writers)
             try:
                 async for data in obj.chunks(chunk):

@@ -22,12 +22,13 @@ if sys.platform == "linux" and sys.maxsize > 2**32:  # 64-bit: off_t is int64
     _fallocate.restype = ctypes.c_int
 
 
-def preallocate(fd: int, offset: int, length: int) -> None:
-    """Reserve `length` bytes from `offset` when worth it. OSError(ENOSPC) when the disk cannot
-    hold them; filesystems that cannot preallocate simply write as usual."""
-    if _fallocate is None or length < WORTH_FROM:
+def preallocate(fd: int, offset: int, size: int | None) -> None:
+    """Reserve a body's blocks from `offset` (where its writing starts) to its `size` (None:
+    the source did not say) when worth it. OSError(ENOSPC) when the disk cannot hold them;
+    filesystems that cannot preallocate simply write as usual."""
+    if _fallocate is None or size is None or size - offset < WORTH_FROM:
         return
-    if _fallocate(fd, _KEEP_SIZE, offset, length) != 0:
+    if _fallocate(fd, _KEEP_SIZE, offset, size - offset) != 0:
         err = ctypes.get_errno()
         if err in (errno.ENOSPC, errno.EDQUOT):
             raise OSError(err, os.strerror(err))
