@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import socket
 import subprocess
+import tarfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -102,3 +104,14 @@ def objects_on_disk(home: Path, bucket: str) -> set[str]:
     catalog or not)."""
     return {str(p.relative_to(d)) for d in home.rglob(f"ais/{bucket}") if ".work" not in d.parts
             for p in d.rglob("*") if p.is_file()}
+
+
+def tar_of(members: dict[str, bytes], mode: str = "w") -> bytes:
+    """A tar archive (`mode` "w:gz": compressed) of these members, in memory."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode=mode) as tf:  # type: ignore[call-overload]
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+    return buf.getvalue()

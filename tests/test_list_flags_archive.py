@@ -18,6 +18,7 @@ from aistore.sdk import ArchiveConfig, Client, ListObjectFlag
 from aistore.sdk.archive_config import ArchiveMode
 from aistore.sdk.errors import AISError, ErrObjNotFound
 
+from helpers import tar_of
 from helpers_app import InProcessNode
 
 Ais = Any  # the `ais` fixture of conftest.py
@@ -29,16 +30,6 @@ ENTRY_PRESENT, ENTRY_IN_ARCHIVE, ENTRY_IS_DIR, ENTRY_IS_ARCHIVE = 64, 128, 256, 
 @pytest.fixture
 def client(sdk: Client) -> Client:
     return sdk
-
-
-def _tar(members: dict[str, bytes], mode: str = "w") -> bytes:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode=mode) as tf:  # type: ignore[call-overload]
-        for name, data in members.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tf.addfile(info, io.BytesIO(data))
-    return buf.getvalue()
 
 
 def _zip(members: dict[str, bytes]) -> bytes:
@@ -126,8 +117,8 @@ SHARD = {"0001.jpg": b"J" * 1000, "0001.cls": b"7", "dir/0002.jpg": b"K" * 700, 
 @pytest.fixture
 def shards(client: Client) -> Any:
     bck = client.bucket("shards").create(exist_ok=True)
-    bck.object("a.tar").get_writer().put_content(_tar(SHARD))
-    bck.object("b.tar.gz").get_writer().put_content(_tar({"x.txt": b"xx"}, "w:gz"))
+    bck.object("a.tar").get_writer().put_content(tar_of(SHARD))
+    bck.object("b.tar.gz").get_writer().put_content(tar_of({"x.txt": b"xx"}, "w:gz"))
     bck.object("c.zip").get_writer().put_content(_zip({"z/1.txt": b"zip one"}))
     bck.object("plain.txt").get_writer().put_content(b"not an archive")
     return bck
@@ -234,12 +225,12 @@ def test_archive_reads_are_bounded(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     from aisdl.store import archive
 
     many = tmp_path / "many.tar"
-    many.write_bytes(_tar({f"f{i}": b"x" for i in range(5)}))
+    many.write_bytes(tar_of({f"f{i}": b"x" for i in range(5)}))
     monkeypatch.setattr(archive, "MAX_MEMBERS", 4)
     with pytest.raises(TooLarge, match="more than 4 files"):
         archive.list_members(str(many), archive.TAR, "ais://b/many.tar")
     long_name = tmp_path / "long.tar"
-    long_name.write_bytes(_tar({"n" * 2000: b"x"}))
+    long_name.write_bytes(tar_of({"n" * 2000: b"x"}))
     with pytest.raises(BadRequest, match="longer than 1024 bytes"):
         archive.list_members(str(long_name), archive.TAR, "ais://b/long.tar")
     with pytest.raises(BadRequest, match="invalid archpath"):
@@ -282,7 +273,7 @@ def s3_node(tmp_path: Path, s3_server: Any) -> Iterator[Any]:
 def test_cloud_listing_refuses_what_it_cannot_do_and_adds_no_bucket(
         s3_server: Any, s3_node: Any) -> None:
     name = s3_server.new_bucket()
-    s3_server.put_many(name, [("d/a.tar", _tar({"m": b"1"})), ("d/e/f", b"2"), ("g", b"3")])
+    s3_server.put_many(name, [("d/a.tar", tar_of({"m": b"1"})), ("d/e/f", b"2"), ("g", b"3")])
     client = Client(s3_node.endpoint)
     bck = client.bucket(name, provider="aws")
     for flags in ([NR], [ARCH], [ListObjectFlag.NOT_CACHED],
@@ -299,7 +290,7 @@ def test_cloud_listing_refuses_what_it_cannot_do_and_adds_no_bucket(
 
 def test_archmime_names_the_kind_of_a_shard_without_an_extension(
         shards: Any, inproc: InProcessNode) -> None:
-    shards.object("noext").get_writer().put_content(_tar({"m.txt": b"member"}))
+    shards.object("noext").get_writer().put_content(tar_of({"m.txt": b"member"}))
     url = f"{inproc.endpoint}/v1/objects/shards/noext?provider=ais&archpath=m.txt"
     with urllib.request.urlopen(url + "&archmime=tar", timeout=10) as resp:
         assert resp.read() == b"member"

@@ -8,10 +8,8 @@ Every refusal is checked to leave the source, the destination and the catalog as
 from __future__ import annotations
 
 import asyncio
-import io
 import socket
 import struct
-import tarfile
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -27,6 +25,7 @@ from aisdl.errors import AisdlError, BadRequest, TooLarge
 from aisdl.models import Bucket
 from aisdl.store.store import Store
 from conftest import Ais, Node
+from helpers import tar_of
 from helpers_app import InProcessNode
 
 
@@ -350,15 +349,6 @@ def test_ais_object_cp(ais: Ais, tmp_path: Path) -> None:
 _BIG = 32 << 20
 
 
-def _shard_of_one(member: str, data: bytes) -> bytes:
-    out = io.BytesIO()
-    with tarfile.open(fileobj=out, mode="w") as tar:
-        info = tarfile.TarInfo(member)
-        info.size = len(data)
-        tar.addfile(info, io.BytesIO(data))
-    return out.getvalue()
-
-
 @pytest.mark.parametrize("path", [
     "/v1/objects/early/big",
     "/v1/objects/early/big.tar?archpath=m.bin",
@@ -371,7 +361,7 @@ def test_client_closing_a_get_early_is_one_info_line(node: Node, path: str, paus
     sdk = Client(node.endpoint)
     bucket = sdk.bucket("early").create()
     bucket.object("big").get_writer().put_content(b"\x07" * _BIG)
-    bucket.object("big.tar").get_writer().put_content(_shard_of_one("m.bin", b"\x07" * _BIG))
+    bucket.object("big.tar").get_writer().put_content(tar_of({"m.bin": b"\x07" * _BIG}))
     with socket.create_connection(("127.0.0.1", node.port)) as s:
         s.sendall(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
         assert s.recv(65536).startswith(b"HTTP/1.1 200")
